@@ -1,0 +1,122 @@
+"""Load any labelled text dataset (local Parquet/CSV/JSONL or the Hugging Face hub) into train/validation/test."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from datasets import ClassLabel, DatasetDict
+
+from training.config import DataConfig
+
+EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+
+
+class DataSourceError(RuntimeError):
+    """The dataset could not be found or read; the message names every place that was tried."""
+
+
+@dataclass
+class LoadedData:
+    splits: DatasetDict  # train / validation / test, columns `text` and `label` (ClassLabel)
+    label_names: list[str]
+    source: str
+    fingerprint: str
+
+
+def _local_files(config: DataConfig) -> dict[str, Path]:
+    """Map split name -> file for a folder (`<data_dir>/<name>` or `<name>`) or a single file."""
+    for candidate in (Path(config.name), Path(config.data_dir) / config.name):
+        if candidate.is_file() and candidate.suffix in EXTENSIONS:
+            return {"train": candidate}
+        if candidate.is_dir():
+            files = {p.stem: p for p in sorted(candidate.iterdir()) if p.suffix in EXTENSIONS}
+            if "train" in files or "test" in files:
+                return {split: files[split] for split in ("train", "validation", "test") if split in files}
+    return {}
+
+
+def _fingerprint(files: dict[str, Path]) -> str:
+    digest = hashlib.sha256()
+    for split, path in sorted(files.items()):
+        digest.update(split.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _read_source(config: DataConfig) -> tuple[DatasetDict, str, str]:
+    files = _local_files(config)
+    if files:
+        builders = {EXTENSIONS[p.suffix] for p in files.values()}
+        if len(builders) > 1:
+            raise DataSourceError(f"mixed file types in {sorted(map(str, files.values()))}")
+        try:
+            raw = datasets.load_dataset(builders.pop(), data_files={k: str(v) for k, v in files.items()})
+        except Exception as error:  # noqa: BLE001 - re-raised with the file names that failed
+            raise DataSourceError(f"could not read {sorted(map(str, files.values()))}: {error}") from error
+        return raw, str(next(iter(files.values())).parent), _fingerprint(files)
+    looked_for = f"a file or folder {config.name!r} (also under {config.data_dir!r}) with train/test .parquet/.csv/.jsonl"
+    if not config.hub_id:
+        raise DataSourceError(f"no data for {config.name!r}: looked for {looked_for}; set data.hub_id to use the hub")
+    try:
+        raw = datasets.load_dataset(config.hub_id)
+    except Exception as error:  # noqa: BLE001 - offline machines end up here
+        raise DataSourceError(f"no data for {config.name!r}: looked for {looked_for} and hub dataset "
+                              f"{config.hub_id!r} ({type(error).__name__}: {error})") from error
+    return raw, f"hf://{config.hub_id}", raw["train"]._fingerprint
+
+
+def _standardise(raw: DatasetDict, config: DataConfig) -> tuple[DatasetDict, list[str]]:
+    """Rename to `text`/`label`, turn labels into a ClassLabel (names given, from the hub, or inferred)."""
+    for split, dataset in raw.items():
+        missing = {config.text_column, config.label_column} - set(dataset.column_names)
+        if missing:
+            raise DataSourceError(f"split {split!r} lacks column(s) {sorted(missing)}; has {dataset.column_names}")
+    raw = raw.select_columns([config.text_column, config.label_column])
+    if config.text_column != "text":
+        raw = raw.rename_column(config.text_column, "text")
+    if config.label_column != "label":
+        raw = raw.rename_column(config.label_column, "label")
+    feature = next(iter(raw.values())).features["label"]
+    if isinstance(feature, ClassLabel):
+        names = config.label_names or feature.names
+    elif feature.dtype == "string":
+        names = config.label_names or sorted({label for split in raw.values() for label in split["label"]})
+        raw = raw.class_encode_column("label") if not config.label_names else raw
+    else:
+        values = sorted({int(v) for split in raw.values() for v in split["label"]})
+        names = config.label_names or [str(v) for v in range(values[-1] + 1)]
+    return raw.cast_column("label", ClassLabel(names=list(names))), list(names)
+
+
+def _cap(dataset: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
+    """A stratified, seeded subset of at most `limit` rows."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    return dataset.train_test_split(train_size=limit, stratify_by_column="label", seed=seed)["train"]
+
+
+def load_data(config: DataConfig) -> LoadedData:
+    """Train/validation/test splits; validation is carved from train, the test split is only ever scored."""
+    raw, source, fingerprint = _read_source(config)
+    raw, names = _standardise(raw, config)
+    if "train" not in raw or "test" not in raw:
+        # A single file or split (a custom CSV, AG News' test-only copy): carve our own seeded test split.
+        if len(raw) != 1:
+            raise DataSourceError(f"{source} has splits {sorted(raw)}; expected train and test, or a single file")
+        (only,) = raw.values()
+        carved = only.train_test_split(test_size=config.test_size, stratify_by_column="label", seed=config.seed)
+        raw = DatasetDict(train=carved["train"], test=carved["test"])
+    if "validation" not in raw:
+        carved = raw["train"].train_test_split(
+            test_size=config.validation_size, stratify_by_column="label", seed=config.seed
+        )
+        raw = DatasetDict(train=carved["train"], validation=carved["test"], test=raw["test"])
+    splits = DatasetDict(
+        train=_cap(raw["train"], config.max_train_samples, config.seed),
+        validation=_cap(raw["validation"], config.max_validation_samples, config.seed),
+        test=_cap(raw["test"], config.max_test_samples, config.seed),
+    )
+    return LoadedData(splits=splits, label_names=names, source=source, fingerprint=fingerprint)

@@ -1,0 +1,69 @@
+"""Text cleaning and token encoding shared by training and serving.
+
+Only `tokenizers` is imported here, so the serving image can use the exact same code without torch
+or transformers. Training passes `AutoTokenizer(...).backend_tokenizer`, serving loads `tokenizer.json`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Tokenizer
+
+Truncation = Literal["head", "tail", "head_tail"]
+
+_LINE_BREAK_TAGS = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """Drop IMDb's `<br />` tags and collapse whitespace (C1 characters become spaces or are kept as is)."""
+    return _WHITESPACE.sub(" ", _LINE_BREAK_TAGS.sub(" ", text)).strip()
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    """How a text becomes at most `max_length` token ids.
+
+    `head_tail` keeps the first `head_fraction` of the budget from the start of the text and the rest
+    from its end: long reviews tend to state the verdict in their last sentences (Sun et al., 2019).
+    """
+
+    max_length: int = 256
+    truncation: Truncation = "head_tail"
+    head_fraction: float = 0.25
+
+
+def _truncate(ids: list[int], budget: int, config: EncodingConfig) -> list[int]:
+    if len(ids) <= budget:
+        return ids
+    if config.truncation == "head":
+        return ids[:budget]
+    if config.truncation == "tail":
+        return ids[len(ids) - budget :]
+    head = int(budget * config.head_fraction)
+    return ids[:head] + ids[len(ids) - (budget - head) :]
+
+
+def encode(texts: list[str], tokenizer: Tokenizer, config: EncodingConfig) -> list[list[int]]:
+    """Clean, tokenize and truncate `texts`; returns input ids with the model's special tokens."""
+    specials = tokenizer.encode("", add_special_tokens=True).ids  # e.g. [CLS] [SEP] or <s> </s>
+    prefix, suffix = specials[:1], specials[1:]
+    budget = config.max_length - len(specials)
+    encodings = tokenizer.encode_batch([clean_text(t) for t in texts], add_special_tokens=False)
+    return [prefix + _truncate(e.ids, budget, config) + suffix for e in encodings]
+
+
+def without_truncation(tokenizer: Tokenizer) -> Tokenizer:
+    """Switch off the tokenizer's own truncation and padding: `encode` truncates, the caller pads."""
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a `tokenizer.json` ready for `encode`."""
+    return without_truncation(Tokenizer.from_file(str(path)))
