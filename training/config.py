@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,18 @@ class ExperimentConfig:
 def _build(cls: type, values: dict[str, Any]) -> Any:
     """Instantiate a (nested) dataclass from a dict, rejecting unknown keys."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = set(values) - set(fields)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
     kwargs = {}
     for key, value in values.items():
         nested = fields[key].default_factory if dataclasses.is_dataclass(fields[key].default_factory) else None
-        kwargs[key] = _build(nested, value) if nested and isinstance(value, dict) else value
+        if nested and isinstance(value, dict):
+            value = _build(nested, value)
+        elif isinstance(value, str) and "float" in str(hints[key]):
+            value = float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
+        kwargs[key] = value
     return cls(**kwargs)
 
 

@@ -98,10 +98,17 @@ def _cap(dataset: datasets.Dataset, limit: int | None, seed: int) -> datasets.Da
     return dataset.train_test_split(train_size=limit, stratify_by_column="label", seed=seed)["train"]
 
 
-def load_data(config: DataConfig) -> LoadedData:
-    """Train/validation/test splits; validation is carved from train, the test split is only ever scored."""
+def read_splits(config: DataConfig) -> LoadedData:
+    """The source's own splits as they are (for EDA), with `text`/`label` columns."""
     raw, source, fingerprint = _read_source(config)
     raw, names = _standardise(raw, config)
+    return LoadedData(splits=raw, label_names=names, source=source, fingerprint=fingerprint)
+
+
+def load_data(config: DataConfig) -> LoadedData:
+    """Train/validation/test splits; validation is carved from train, the test split is only ever scored."""
+    source_data = read_splits(config)
+    raw, source = source_data.splits, source_data.source
     if "train" not in raw or "test" not in raw:
         # A single file or split (a custom CSV, AG News' test-only copy): carve our own seeded test split.
         if len(raw) != 1:
@@ -119,4 +126,5 @@ def load_data(config: DataConfig) -> LoadedData:
         validation=_cap(raw["validation"], config.max_validation_samples, config.seed),
         test=_cap(raw["test"], config.max_test_samples, config.seed),
     )
-    return LoadedData(splits=splits, label_names=names, source=source, fingerprint=fingerprint)
+    return LoadedData(splits=splits, label_names=source_data.label_names, source=source,
+                      fingerprint=source_data.fingerprint)

@@ -1,0 +1,40 @@
+"""Shared fixtures: real data paths, a tiny randomly initialised BERT, and a throwaway MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "imdb" / "train.parquet").exists():
+        pytest.skip(f"real datasets not found under {DATA_DIR}")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer: fast, but a real model."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from training.config import BUNDLED_MODEL, resolve_checkpoint
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(BUNDLED_MODEL))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts (./mlruns) land in the test's folder
+    return uri

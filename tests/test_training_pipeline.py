@@ -1,0 +1,114 @@
+"""A tiny random BERT trained for a few steps on real IMDb reviews, end to end:
+LoRA -> adapter -> merge -> MLflow run + registry -> alias rules, rebuild from the adapter, resume after a kill."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from transformers import TrainerCallback
+
+from training.config import load_config
+from training.modeling import load_tokenizer, merged_from_adapter, predict_proba
+from training.registry import assign_alias
+from training.train import run
+
+pytestmark = pytest.mark.timeout(600)
+RELEASE_CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "imdb-minilm-lora.yaml"
+
+
+def tiny_config(tiny_checkpoint, data_dir, tmp_path, **overrides):
+    values = {
+        "name": "tiny", "registered_model": "tiny-sentiment", "output_dir": str(tmp_path / "runs"),
+        "models_dir": str(tmp_path / "models"), "reports_dir": str(tmp_path / "reports"),
+        "data.data_dir": str(data_dir), "data.max_train_samples": 64, "data.max_validation_samples": 32,
+        "data.max_test_samples": 32, "model.checkpoint": tiny_checkpoint, "model.lora_r": 4,
+        "train.batch_size": 8, "train.eval_batch_size": 32, "train.max_steps": 4, "train.eval_steps": 2,
+        "train.logging_steps": 1, "encoding.max_length": 48,
+    } | overrides
+    return load_config(RELEASE_CONFIG, [f"{k}={v}" for k, v in values.items()])
+
+
+def test_lora_run_tracks_registers_and_rebuilds(tiny_checkpoint, data_dir, tmp_path, tracking_uri):
+    config = tiny_config(tiny_checkpoint, data_dir, tmp_path)
+    summary = run(config)
+    model_dir = Path(config.models_dir) / "tiny"
+    assert {"adapter_config.json", "adapter_model.safetensors", "config.yaml", "metrics.json"} <= {
+        p.name for p in model_dir.iterdir()}
+    adapter_config = json.loads((model_dir / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == tiny_checkpoint
+    assert json.loads((model_dir / "metrics.json").read_text())["n_test"] == 32
+    assert (Path(config.reports_dir) / "tiny" / "confusion_matrix.png").exists()
+
+    client = MlflowClient(tracking_uri)
+    mlflow_run = client.get_run(summary["mlflow_run_id"])
+    assert mlflow_run.data.params["cfg.model.lora_r"] == "4"
+    assert mlflow_run.data.params["data.fingerprint"] == summary["data_fingerprint"]
+    assert "test_accuracy" in mlflow_run.data.metrics and "git_commit" in mlflow_run.data.tags
+    history = client.get_metric_history(summary["mlflow_run_id"], "eval_accuracy")
+    assert len(history) >= 2  # evaluated during training, not only at the end
+    artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"])}
+    assert {"config.yaml", "evaluation", "metrics.json"} <= artifacts
+
+    version = client.get_model_version_by_alias("tiny-sentiment", "champion")
+    assert str(version.version) == summary["registered_version"] == "1"
+
+    # The registered model and the one rebuilt from base + committed adapter are the same model.
+    label_names = ["neg", "pos"]
+    texts = ["A wonderful, moving film.", "Dull and far too long. " * 40]
+    rebuilt = merged_from_adapter(model_dir, tiny_checkpoint, label_names)
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    registered = mlflow.transformers.load_model("models:/tiny-sentiment@champion", return_type="components")
+    np.testing.assert_allclose(
+        predict_proba(rebuilt, tokenizer, texts, config.encoding),
+        predict_proba(registered["model"], tokenizer, texts, config.encoding), atol=1e-6)
+
+
+def test_champion_moves_only_on_better_validation(tiny_checkpoint, data_dir, tmp_path, tracking_uri):
+    client = MlflowClient(tracking_uri)
+    client.create_registered_model("m")
+    for _ in range(3):
+        client.create_model_version("m", source="file:///nowhere")
+    assert assign_alias(client, "m", "1", 0.80) == "champion"
+    assert assign_alias(client, "m", "2", 0.79) == "challenger"  # worse: champion stays on 1
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+    assert assign_alias(client, "m", "3", 0.81) == "champion"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "3"
+
+
+class KillAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_resumes_from_last_checkpoint_in_the_same_mlflow_run(
+    tiny_checkpoint, data_dir, tmp_path, tracking_uri, monkeypatch
+):
+    config = tiny_config(tiny_checkpoint, data_dir, tmp_path, registered_model=None)
+    import training.train as train_module
+
+    original = train_module.Trainer
+
+    def killed_trainer(*args, **kwargs):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), KillAt(3)]
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "Trainer", killed_trainer)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    monkeypatch.setattr(train_module, "Trainer", original)
+    first_run_id = (config.run_dir / "mlflow_run_id").read_text()
+    assert (config.run_dir / "checkpoint-2").exists() and not (config.run_dir / "checkpoint-4").exists()
+
+    summary = run(config)
+    assert summary["mlflow_run_id"] == first_run_id
+    state = json.loads((config.run_dir / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert torch.cuda.is_available() or "CPU" in summary["hardware"]

@@ -1,0 +1,132 @@
+"""Dataset report: size, class balance, token lengths (what a 256/512 cut loses), duplicates, train/test
+overlap and the most telling n-grams per class. Writes `reports/eda/<dataset>/EDA.md` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.feature_extraction.text import CountVectorizer  # noqa: E402
+
+from training.config import load_config  # noqa: E402
+from training.data import read_splits  # noqa: E402
+from training.modeling import load_tokenizer  # noqa: E402
+from training.text import clean_text, without_truncation  # noqa: E402
+
+CUTS = (128, 256, 512)
+
+
+def token_lengths(texts: list[str], checkpoint: str) -> np.ndarray:
+    backend = without_truncation(load_tokenizer(checkpoint).backend_tokenizer)
+    return np.array([len(e.ids) for e in backend.encode_batch([clean_text(t) for t in texts])])
+
+
+def telling_ngrams(frame: pd.DataFrame, label_names: list[str], k: int = 15) -> dict[str, list[str]]:
+    """Per class, the 1-2 grams with the highest smoothed log-odds against the other classes."""
+    vectorizer = CountVectorizer(ngram_range=(1, 2), min_df=20, stop_words="english", binary=True)
+    counts = vectorizer.fit_transform(frame.text.map(clean_text))
+    vocab = np.array(vectorizer.get_feature_names_out())
+    result = {}
+    for label, name in enumerate(label_names):
+        mask = (frame.label == label).to_numpy()
+        inside = np.asarray(counts[mask].sum(0)).ravel() + 1
+        outside = np.asarray(counts[~mask].sum(0)).ravel() + 1
+        log_odds = np.log(inside / inside.sum()) - np.log(outside / outside.sum())
+        result[name] = vocab[np.argsort(-log_odds)[:k]].tolist()
+    return result
+
+
+def plot_lengths(lengths: dict[str, np.ndarray], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4))
+    upper = np.percentile(np.concatenate(list(lengths.values())), 99)
+    for split, values in lengths.items():
+        ax.hist(values, bins=80, range=(0, upper), alpha=0.5, label=split)
+    for cut in CUTS:
+        ax.axvline(cut, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlabel("tokens (real tokenizer, cleaned text)")
+    ax.set_ylabel("reviews")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_balance(frames: dict[str, pd.DataFrame], label_names: list[str], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(frames)
+    for i, (split, frame) in enumerate(frames.items()):
+        counts = frame.label.value_counts().reindex(range(len(label_names)), fill_value=0)
+        ax.bar(np.arange(len(label_names)) + i * width, counts.to_numpy(), width, label=split)
+    ax.set_xticks(np.arange(len(label_names)) + width * (len(frames) - 1) / 2, label_names)
+    ax.set_ylabel("examples")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, default=Path("training/configs/imdb-minilm-lora.yaml"))
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    data = read_splits(config.data)
+    names = data.label_names
+    out = Path(config.reports_dir) / "eda" / config.data.name
+    out.mkdir(parents=True, exist_ok=True)
+
+    frames = {split: dataset.to_pandas() for split, dataset in data.splits.items()}
+    lengths = {split: token_lengths(frame.text.tolist(), config.model.checkpoint) for split, frame in frames.items()}
+    plot_lengths(lengths, out / "token_lengths.png")
+    plot_balance(frames, names, out / "class_balance.png")
+
+    size_rows = []
+    for split, frame in frames.items():
+        balance = ", ".join(f"{names[k]} {v:,}" for k, v in sorted(frame.label.value_counts().items()))
+        values = lengths[split]
+        over = " | ".join(f"{(values > cut).mean():.1%}" for cut in CUTS)
+        size_rows.append(f"| {split} | {len(frame):,} | {balance} | {frame.text.duplicated().sum():,} "
+                         f"| {np.median(values):.0f} | {values.mean():.0f} | {np.percentile(values, 95):.0f} | {over} |")
+    overlap = ""
+    if {"train", "test"} <= frames.keys():
+        shared = set(frames["train"].text) & set(frames["test"].text)
+        overlap = f"\nTexts that appear in both train and test: **{len(shared):,}**.\n"
+    telling = telling_ngrams(frames["train"] if "train" in frames else next(iter(frames.values())), names)
+    ngram_rows = "\n".join(f"| {name} | {', '.join(grams)} |" for name, grams in telling.items())
+    header_cuts = " | ".join(f"> {cut}" for cut in CUTS)
+    (out / "EDA.md").write_text(f"""# Dataset report: {config.data.name}
+
+Source: `{config.data.name}` ({data.source.split('/')[-1]}), fingerprint `{data.fingerprint}`.
+Generated by `make eda` (`training/eda.py`). Lengths are in tokens of `{config.model.checkpoint}` after
+the shared text cleaning, without special tokens.
+
+| split | rows | class balance | duplicate texts (extra copies) | median tokens | mean | p95 | {header_cuts} |
+|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(size_rows)}
+{overlap}
+The last columns are the share of texts longer than each cut: what a head-only truncation at that length
+would not see. `head_tail` truncation keeps the start and the end instead.
+
+![class balance](class_balance.png)
+
+![token lengths](token_lengths.png)
+
+## Most telling 1-2 grams per class (train, smoothed log-odds)
+
+| class | n-grams |
+|---|---|
+{ngram_rows}
+""")
+    print(f"wrote {out / 'EDA.md'}")
+
+
+if __name__ == "__main__":
+    main()
