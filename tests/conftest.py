@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,14 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(BUNDLED_MODEL))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -38,3 +45,6 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # artifacts (./mlruns) land in the test's folder
     return uri
+
+
+os.environ.setdefault("BENTOML_HOME", str(Path(__file__).resolve().parents[1] / ".bentoml"))

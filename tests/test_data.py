@@ -32,9 +32,11 @@ def test_custom_file_with_string_labels(data_dir, tmp_path, suffix):
     frame = pd.read_parquet(data_dir / "sms_spam" / "train.parquet").head(400)
     frame = pd.DataFrame({"message": frame.text, "category": frame.label.map({0: "ham", 1: "spam"})})
     path = tmp_path / f"sms.{suffix}"
-    {"csv": lambda: frame.to_csv(path, index=False),
-     "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
-     "parquet": lambda: frame.to_parquet(path)}[suffix]()
+    {
+        "csv": lambda: frame.to_csv(path, index=False),
+        "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        "parquet": lambda: frame.to_parquet(path),
+    }[suffix]()
     data = load_data(DataConfig(name=str(path), text_column="message", label_column="category"))
     assert data.label_names == ["ham", "spam"]  # inferred, sorted
     assert sum(len(d) for d in data.splits.values()) == 400
@@ -43,7 +45,7 @@ def test_custom_file_with_string_labels(data_dir, tmp_path, suffix):
 
 
 def test_missing_source_names_what_was_looked_for(tmp_path):
-    with pytest.raises(DataSourceError, match="no data for 'nope'.*looked for.*data.hub_id"):
+    with pytest.raises(DataSourceError, match=r"no data for 'nope'.*looked for.*data\.hub_id"):
         load_data(DataConfig(name="nope", data_dir=str(tmp_path)))
 
 

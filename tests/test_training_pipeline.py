@@ -22,12 +22,23 @@ RELEASE_CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / 
 
 def tiny_config(tiny_checkpoint, data_dir, tmp_path, **overrides):
     values = {
-        "name": "tiny", "registered_model": "tiny-sentiment", "output_dir": str(tmp_path / "runs"),
-        "models_dir": str(tmp_path / "models"), "reports_dir": str(tmp_path / "reports"),
-        "data.data_dir": str(data_dir), "data.max_train_samples": 64, "data.max_validation_samples": 32,
-        "data.max_test_samples": 32, "model.checkpoint": tiny_checkpoint, "model.lora_r": 4,
-        "train.batch_size": 8, "train.eval_batch_size": 32, "train.max_steps": 4, "train.eval_steps": 2,
-        "train.logging_steps": 1, "encoding.max_length": 48,
+        "name": "tiny",
+        "registered_model": "tiny-sentiment",
+        "output_dir": str(tmp_path / "runs"),
+        "models_dir": str(tmp_path / "models"),
+        "reports_dir": str(tmp_path / "reports"),
+        "data.data_dir": str(data_dir),
+        "data.max_train_samples": 64,
+        "data.max_validation_samples": 32,
+        "data.max_test_samples": 32,
+        "model.checkpoint": tiny_checkpoint,
+        "model.lora_r": 4,
+        "train.batch_size": 8,
+        "train.eval_batch_size": 32,
+        "train.max_steps": 4,
+        "train.eval_steps": 2,
+        "train.logging_steps": 1,
+        "encoding.max_length": 48,
     } | overrides
     return load_config(RELEASE_CONFIG, [f"{k}={v}" for k, v in values.items()])
 
@@ -37,7 +48,8 @@ def test_lora_run_tracks_registers_and_rebuilds(tiny_checkpoint, data_dir, tmp_p
     summary = run(config)
     model_dir = Path(config.models_dir) / "tiny"
     assert {"adapter_config.json", "adapter_model.safetensors", "config.yaml", "metrics.json"} <= {
-        p.name for p in model_dir.iterdir()}
+        p.name for p in model_dir.iterdir()
+    }
     adapter_config = json.loads((model_dir / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == tiny_checkpoint
     assert json.loads((model_dir / "metrics.json").read_text())["n_test"] == 32
@@ -64,7 +76,9 @@ def test_lora_run_tracks_registers_and_rebuilds(tiny_checkpoint, data_dir, tmp_p
     registered = mlflow.transformers.load_model("models:/tiny-sentiment@champion", return_type="components")
     np.testing.assert_allclose(
         predict_proba(rebuilt, tokenizer, texts, config.encoding),
-        predict_proba(registered["model"], tokenizer, texts, config.encoding), atol=1e-6)
+        predict_proba(registered["model"], tokenizer, texts, config.encoding),
+        atol=1e-6,
+    )
 
 
 def test_champion_moves_only_on_better_validation(tiny_checkpoint, data_dir, tmp_path, tracking_uri):

@@ -48,16 +48,30 @@ def main() -> None:
             preds = model.predict([clean_text(t) for t in split["text"]])
             return classification_metrics(np.array(split["label"]), preds, data.label_names)
 
-        results = {"validation": score(validation), "test": score(test), "fit_seconds": round(fit_seconds, 1),
-                   "n_train": len(train)}
-        mlflow.log_metrics(scalar_metrics(results["test"], "test") | {
-            "validation_accuracy": results["validation"]["accuracy"], "fit_seconds": fit_seconds})
+        results = {
+            "validation": score(validation),
+            "test": score(test),
+            "fit_seconds": round(fit_seconds, 1),
+            "n_train": len(train),
+        }
+        mlflow.log_metrics(
+            scalar_metrics(results["test"], "test")
+            | {"validation_accuracy": results["validation"]["accuracy"], "fit_seconds": fit_seconds}
+        )
         out = Path(config.reports_dir) / config.data.name / "baseline.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
         mlflow.log_artifact(str(out))
-    print(json.dumps({"test_accuracy": results["test"]["accuracy"], "n_test": results["test"]["n"],
-                      "n_train": len(train), "fit_seconds": results["fit_seconds"]}))
+    print(
+        json.dumps(
+            {
+                "test_accuracy": results["test"]["accuracy"],
+                "n_test": results["test"]["n"],
+                "n_train": len(train),
+                "fit_seconds": results["fit_seconds"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

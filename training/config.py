@@ -13,7 +13,6 @@ import yaml
 
 from training.text import EncodingConfig
 
-
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 
 
@@ -119,7 +118,10 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML config and apply `section.key=value` overrides (values parsed as YAML)."""
-    values: dict[str, Any] = yaml.safe_load(Path(path).read_text()) if path else {}
+    return config_from_dict(yaml.safe_load(Path(path).read_text()) if path else {}, overrides)
+
+
+def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
     for override in overrides or []:
         key, sep, raw = override.partition("=")
         if not sep:

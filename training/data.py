@@ -54,17 +54,21 @@ def _read_source(config: DataConfig) -> tuple[DatasetDict, str, str]:
             raise DataSourceError(f"mixed file types in {sorted(map(str, files.values()))}")
         try:
             raw = datasets.load_dataset(builders.pop(), data_files={k: str(v) for k, v in files.items()})
-        except Exception as error:  # noqa: BLE001 - re-raised with the file names that failed
+        except Exception as error:
             raise DataSourceError(f"could not read {sorted(map(str, files.values()))}: {error}") from error
         return raw, str(next(iter(files.values())).parent), _fingerprint(files)
-    looked_for = f"a file or folder {config.name!r} (also under {config.data_dir!r}) with train/test .parquet/.csv/.jsonl"
+    looked_for = (
+        f"a file or folder {config.name!r} (also under {config.data_dir!r}) with train/test .parquet/.csv/.jsonl"
+    )
     if not config.hub_id:
         raise DataSourceError(f"no data for {config.name!r}: looked for {looked_for}; set data.hub_id to use the hub")
     try:
         raw = datasets.load_dataset(config.hub_id)
-    except Exception as error:  # noqa: BLE001 - offline machines end up here
-        raise DataSourceError(f"no data for {config.name!r}: looked for {looked_for} and hub dataset "
-                              f"{config.hub_id!r} ({type(error).__name__}: {error})") from error
+    except Exception as error:
+        raise DataSourceError(
+            f"no data for {config.name!r}: looked for {looked_for} and hub dataset "
+            f"{config.hub_id!r} ({type(error).__name__}: {error})"
+        ) from error
     return raw, f"hf://{config.hub_id}", raw["train"]._fingerprint
 
 
@@ -126,5 +130,6 @@ def load_data(config: DataConfig) -> LoadedData:
         validation=_cap(raw["validation"], config.max_validation_samples, config.seed),
         test=_cap(raw["test"], config.max_test_samples, config.seed),
     )
-    return LoadedData(splits=splits, label_names=source_data.label_names, source=source,
-                      fingerprint=source_data.fingerprint)
+    return LoadedData(
+        splits=splits, label_names=source_data.label_names, source=source, fingerprint=source_data.fingerprint
+    )

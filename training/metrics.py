@@ -17,7 +17,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: 
         "macro_precision": float(np.mean(precision)),
         "macro_recall": float(np.mean(recall)),
         "macro_f1": float(np.mean(f1)),
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(label_names, precision, recall, f1, support, strict=True)

@@ -13,10 +13,11 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 SELECTION_METRIC = "validation_accuracy"
 
 
-def setup_tracking(experiment: str) -> None:
+def setup_tracking(experiment: str | None = None) -> None:
     """Local sqlite store unless `MLFLOW_TRACKING_URI` says otherwise; one experiment per dataset."""
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    mlflow.set_experiment(experiment)
+    if experiment:
+        mlflow.set_experiment(experiment)
 
 
 def log_and_register(

@@ -109,8 +109,13 @@ def run(config: ExperimentConfig, config_path: Path | None = None) -> dict:
         run_id_file.write_text(active.info.run_id)
         if run_id is None:
             mlflow.log_params(flatten(config.to_dict(), "cfg."))
-            mlflow.log_params({"data.source": data.source, "data.fingerprint": data.fingerprint,
-                               **{f"data.n_{s}": len(d) for s, d in data.splits.items()}})
+            mlflow.log_params(
+                {
+                    "data.source": data.source,
+                    "data.fingerprint": data.fingerprint,
+                    **{f"data.n_{s}": len(d) for s, d in data.splits.items()},
+                }
+            )
             mlflow.set_tags({"git_commit": git_commit(), "hardware": hardware()})
             mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
 
@@ -142,8 +147,9 @@ def run(config: ExperimentConfig, config_path: Path | None = None) -> dict:
         probs = predict_proba(model, tokenizer, test["text"], config.encoding, config.train.eval_batch_size)
         report_dir = Path(config.reports_dir) / config.name
         baseline = load_baseline(Path(config.reports_dir), config.data.name)
-        test_metrics = write_report(config.name, test["text"], np.array(test["label"]), probs, data.label_names,
-                                    report_dir, baseline)
+        test_metrics = write_report(
+            config.name, test["text"], np.array(test["label"]), probs, data.label_names, report_dir, baseline
+        )
         summary = {
             "name": config.name,
             "base_model": config.model.checkpoint,
@@ -162,11 +168,14 @@ def run(config: ExperimentConfig, config_path: Path | None = None) -> dict:
             "mlflow_run_id": active.info.run_id,
             "data_fingerprint": data.fingerprint,
         }
-        mlflow.log_metrics(scalar_metrics(test_metrics, "test") | {"validation_accuracy": summary["validation_accuracy"]})
+        mlflow.log_metrics(
+            scalar_metrics(test_metrics, "test") | {"validation_accuracy": summary["validation_accuracy"]}
+        )
         mlflow.log_artifacts(str(report_dir), "evaluation")
         if config.registered_model:
-            version, alias = log_and_register(model, tokenizer, config.registered_model,
-                                              summary["validation_accuracy"], test["text"][0])
+            version, alias = log_and_register(
+                model, tokenizer, config.registered_model, summary["validation_accuracy"], test["text"][0]
+            )
             summary |= {"registered_model": config.registered_model, "registered_version": version, "alias": alias}
         (model_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_dict(summary, "metrics.json")

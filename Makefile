@@ -1,0 +1,68 @@
+# The verbs a user needs. Everything runs from the project's own .venv.
+PYTHON := .venv/bin/python
+CONFIG ?= training/configs/imdb-minilm-lora.yaml
+MODEL_DIR ?= models/imdb-minilm-lora
+MODEL_URI ?= models:/imdb-sentiment@champion
+PORT ?= 3000
+export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export TOKENIZERS_PARALLELISM ?= true
+
+.PHONY: install lint eda baseline train evaluate register export model serve build containerize test-container \
+	loadtest benchmark compose-up mlflow-ui notebook test all
+
+install:  ## create .venv from requirements.txt (torch is the CPU build)
+	python3.11 -m venv .venv
+	.venv/bin/pip install --upgrade pip==26.3
+	.venv/bin/pip install -r requirements.txt
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+eda:  ## dataset report -> reports/eda/<dataset>/
+	$(PYTHON) -m training.eda --config $(CONFIG)
+
+baseline:  ## TF-IDF + logistic regression -> reports/<dataset>/baseline.json + MLflow run
+	$(PYTHON) -m training.baseline --config $(CONFIG)
+
+train:  ## fine-tune (CONFIG=..., extra overrides in ARGS="train.epochs=2 ...")
+	$(PYTHON) -m training.train --config $(CONFIG) $(ARGS)
+
+evaluate:  ## rebuild the committed model and score it on the test split -> reports/<name>/
+	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) $(ARGS)
+
+register:  ## rebuild the MLflow registry entry from the committed adapter
+	$(PYTHON) -m training.register --model-dir $(MODEL_DIR)
+
+export:  ## registry model -> ONNX fp32/int8 -> parity gate -> BentoML model store
+	$(PYTHON) -m export.export --model-uri $(MODEL_URI)
+
+model:  ## register and export only what is missing (what serve and test need)
+	$(PYTHON) -m training.register --model-dir $(MODEL_DIR) --if-missing
+	$(PYTHON) -m export.export --model-uri $(MODEL_URI) --if-missing
+
+serve: model  ## run the service on :$(PORT)
+	.venv/bin/bentoml serve service:SentimentAPI --port $(PORT)
+
+build: model
+	.venv/bin/bentoml build
+
+containerize: build  ## bentoml containerize (podman/buildah here, docker elsewhere)
+	./.ci/containerize.sh
+
+test-container: containerize
+	$(PYTHON) -m pytest -m container tests/test_container.py
+
+loadtest: model  ## Locust, headless, several user counts -> reports/loadtest/
+	$(PYTHON) -m loadtests.run_loadtest
+
+benchmark: model  ## ONNX ceiling vs service (batching on/off) vs FastAPI+transformers -> reports/benchmark/
+	$(PYTHON) -m loadtests.benchmark
+
+mlflow-ui:
+	.venv/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
+
+test: model  ## the whole test suite (real data, real models, real HTTP)
+	$(PYTHON) -m pytest -m "not container"
+
+all: eda baseline train evaluate export  ## the main job: data report -> baseline -> training -> evaluation -> export

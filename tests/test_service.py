@@ -1,0 +1,170 @@
+"""The release model behind the real BentoML service, over real HTTP (`bentoml serve` in a subprocess).
+
+Needs the model in the BentoML store: `make model` (which `make test` runs first) registers and exports it.
+"""
+
+import concurrent.futures
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "models" / "imdb-minilm-lora"
+pytestmark = pytest.mark.timeout(900)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = os.environ | {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(ROOT / ".bentoml"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service:SentimentAPI", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"bentoml serve exited: {process.stdout.read()[-3000:]}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    else:
+        process.kill()
+        pytest.fail("service did not become healthy in 180 s")
+    yield url
+    process.terminate()
+    process.wait(30)
+
+
+def test_health_and_bentoml_endpoints(server):
+    health = requests.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["model"].startswith("imdb-sentiment-onnx:")
+    assert re.fullmatch(r"imdb-sentiment:\d+", health["version"])
+    for path in ("/livez", "/readyz", "/metrics", "/docs"):
+        assert requests.get(f"{server}{path}").status_code == 200, path
+    spec = requests.get(f"{server}/docs.json").json()
+    assert {"/predict", "/predict_batch"} <= set(spec["paths"])
+
+
+def test_predict_shape_label_order_and_scores(server):
+    body = requests.post(f"{server}/predict", json={"text": "An absolute masterpiece, I loved every minute."}).json()
+    assert set(body) == {"label", "label_id", "score", "scores", "model_version"}
+    assert list(body["scores"]) == ["neg", "pos"]
+    assert body["label"] == "pos" and body["label_id"] == 1
+    assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["score"] == max(body["scores"].values())
+    negative = requests.post(f"{server}/predict", json={"text": "Boring, badly acted, a waste of time."}).json()
+    assert negative["label"] == "neg"
+
+
+def test_batch_keeps_order_and_matches_single_predictions(server):
+    texts = ["Terrible.", "Wonderful film!<br />Go see it.", "It was fine, I guess. " * 50, "Worst movie ever."]
+    batch = requests.post(f"{server}/predict_batch", json={"texts": texts}).json()
+    singles = [requests.post(f"{server}/predict", json={"text": t}).json() for t in texts]
+    assert len(batch["predictions"]) == len(texts)
+    for from_batch, single in zip(batch["predictions"], singles, strict=True):
+        assert from_batch["label"] == single["label"]
+        assert from_batch["score"] == pytest.approx(single["score"], abs=1e-4)
+    assert batch["model_version"] == singles[0]["model_version"]
+
+
+BAD_INPUTS = {
+    "empty text": ("/predict", b'{"text": ""}'),
+    "whitespace text": ("/predict", b'{"text": "  \\n\\t "}'),
+    "text over the limit": ("/predict", b'{"text": "' + b"a" * 50_001 + b'"}'),
+    "missing field": ("/predict", b'{"txt": "good"}'),
+    "wrong type": ("/predict", b'{"text": 42}'),
+    "not an object": ("/predict", b'["good"]'),
+    "malformed json": ("/predict", b'{"text": "good"'),
+    "invalid utf-8": ("/predict", b'{"text": "\xff\xfe bad bytes"}'),
+    "empty batch": ("/predict_batch", b'{"texts": []}'),
+    "oversize batch": ("/predict_batch", b'{"texts": [' + b",".join([b'"a"'] * 65) + b"]}"),
+    "non-string item": ("/predict_batch", b'{"texts": ["good", 3]}'),
+    "blank item": ("/predict_batch", b'{"texts": ["good", " "]}'),
+    "texts not a list": ("/predict_batch", b'{"texts": "good"}'),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gets_a_4xx_json_error(server, case):
+    path, payload = BAD_INPUTS[case]
+    response = requests.post(f"{server}{path}", data=payload, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text[:300]
+    body = response.json()
+    assert body["error"] and "Traceback" not in response.text
+    assert requests.get(f"{server}/health").status_code == 200  # still serving
+
+
+def test_concurrent_requests_are_batched(server):
+    texts = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text.sample(64, random_state=1).tolist()
+
+    def batch_sizes() -> tuple[float, float]:
+        metrics = requests.get(f"{server}/metrics").text
+        total = sum(
+            float(v) for v in re.findall(r'adaptive_batch_size_sum\{[^}]*method_name="classify"[^}]*\} (\S+)', metrics)
+        )
+        count = sum(
+            float(v)
+            for v in re.findall(r'adaptive_batch_size_count\{[^}]*method_name="classify"[^}]*\} (\S+)', metrics)
+        )
+        return total, count
+
+    before_sum, before_count = batch_sizes()
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda t: requests.post(f"{server}/predict", json={"text": t}), texts))
+    assert all(r.status_code == 200 for r in responses)
+    after_sum, after_count = batch_sizes()
+    assert after_sum - before_sum == 64  # every request went through the batched method
+    assert after_count - before_count < 64  # ...in fewer calls than requests: batch size > 1 happened
+    assert 'sentiment_predictions_total{label="pos"}' in requests.get(f"{server}/metrics").text
+
+
+def test_release_model_accuracy_over_http(server):
+    """A fixed stratified sample of 2,000 real IMDb test reviews, through /predict_batch."""
+    test = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet")
+    sample = test.groupby("label", group_keys=False).sample(1000, random_state=0)
+    predictions = []
+    for start in range(0, len(sample), 64):
+        chunk = sample.text.iloc[start : start + 64].tolist()
+        response = requests.post(f"{server}/predict_batch", json={"texts": chunk}, timeout=120)
+        predictions += [p["label_id"] for p in response.json()["predictions"]]
+    accuracy = float((np.array(predictions) == sample.label.to_numpy()).mean())
+    print(f"HTTP accuracy on 2,000 stratified IMDb test reviews: {accuracy:.4f}")
+    assert accuracy > 0.90
+
+
+def test_served_model_agrees_with_pytorch(server):
+    from training.config import load_config
+    from training.modeling import load_tokenizer, merged_from_adapter, predict_proba
+
+    config = load_config(MODEL_DIR / "config.yaml")
+    texts = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text.sample(64, random_state=2).tolist()
+    model = merged_from_adapter(MODEL_DIR, config.model.checkpoint, ["neg", "pos"])
+    reference = predict_proba(model, load_tokenizer(config.model.checkpoint), texts, config.encoding)
+    served = requests.post(f"{server}/predict_batch", json={"texts": texts}).json()["predictions"]
+    served_probs = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in served])
+    assert (served_probs.argmax(1) == reference.argmax(1)).mean() >= 0.98  # int8 vs fp32
+    assert np.abs(served_probs - reference).max() < 0.1
