@@ -4,6 +4,7 @@ CONFIG ?= training/configs/imdb-minilm-lora.yaml
 MODEL_DIR ?= models/imdb-minilm-lora
 MODEL_URI ?= models:/imdb-sentiment@champion
 PORT ?= 3000
+IMAGE_TAG ?= imdb-sentiment:latest
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
@@ -48,7 +49,7 @@ build: model
 	.venv/bin/bentoml build
 
 containerize: build  ## bentoml containerize (podman/buildah here, docker elsewhere)
-	./.ci/containerize.sh
+	IMAGE_TAG=$(IMAGE_TAG) ./.ci/containerize.sh
 
 test-container: containerize
 	$(PYTHON) -m pytest -m container tests/test_container.py

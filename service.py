@@ -29,6 +29,7 @@ LOG_TEXT = os.environ.get("LOG_TEXT", "0") == "1"
 # Adaptive batching, chosen with loadtests/benchmark.py: batches of up to 32 texts; max_latency_ms is the
 # deadline after which BentoML answers 503, so it is set well above the 100 ms target, never at it.
 MAX_BATCH_SIZE, MAX_LATENCY_MS = 32, 2000
+ADAPTIVE_BATCHING = os.environ.get("ADAPTIVE_BATCHING", "1") == "1"  # 0: one call per request (benchmark only)
 
 
 def _request_logger() -> logging.Logger:
@@ -72,7 +73,7 @@ class OnnxClassifier:
     def __init__(self) -> None:
         self.runtime = OnnxTextClassifier(self.model.path)
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    @bentoml.api(batchable=ADAPTIVE_BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def classify(self, texts: list[str]) -> list[list[float]]:
         """Class probabilities per text (label order as in the model's `label_names`)."""
         return self.runtime.predict_proba(texts).tolist()

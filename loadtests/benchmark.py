@@ -1,0 +1,195 @@
+"""One run, same texts, four ways to serve the model:
+
+1. in-process ONNX Runtime int8 (the ceiling: no HTTP, batches of 32 through the service's runtime);
+2. the BentoML service with adaptive batching;
+3. the same service with batching off (ADAPTIVE_BATCHING=0);
+4. a naive peer: FastAPI + transformers.pipeline, PyTorch fp32, one request at a time.
+
+HTTP systems get a closed-loop load of `c` concurrent clients (aiohttp, one review per request) for each `c`;
+a system's score is its best requests/s among the levels whose p95 stays under 100 ms.
+
+    python -m loadtests.benchmark [--concurrency 1 2 4 8 16 32] [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import sys
+import time
+
+import aiohttp
+import bentoml
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from export.runtime import OnnxTextClassifier
+from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
+
+OUT = ROOT / "reports" / "benchmark"
+TARGET_P95_MS = 100.0
+
+
+async def closed_loop(url: str, texts: list[str], concurrency: int, seconds: float) -> dict:
+    """`concurrency` clients each sending one review, waiting for the answer, and sending the next."""
+    latencies: list[float] = []
+    failures = 0
+    cycle = itertools.cycle(texts)
+    deadline = time.perf_counter() + seconds
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal failures
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            async with session.post(f"{url}/predict", json={"text": next(cycle)}) as response:
+                await response.read()
+                if response.status != 200:
+                    failures += 1
+                    continue
+            latencies.append(1000 * (time.perf_counter() - started))
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    values = np.array(latencies) if latencies else np.array([np.nan])
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "failures": failures,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(values, 50)),
+        "p95_ms": float(np.percentile(values, 95)),
+        "p99_ms": float(np.percentile(values, 99)),
+    }
+
+
+def sweep(url: str, texts: list[str], levels: list[int], seconds: float) -> list[dict]:
+    asyncio.run(closed_loop(url, texts[:50], 2, 3))  # warm-up
+    return [asyncio.run(closed_loop(url, texts, c, seconds)) for c in levels]
+
+
+def in_process_ceiling(texts: list[str], batch_size: int = 32) -> dict:
+    model = bentoml.models.get(os.environ.get("BENTO_MODEL_TAG", "imdb-sentiment-onnx:latest"))
+    runtime = OnnxTextClassifier(model.path)
+    runtime.predict_proba(texts[:32])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch_size):
+        runtime.predict_proba(texts[start : start + batch_size])
+    batched = len(texts) / (time.perf_counter() - started)
+    single = []
+    for text in texts[:200]:
+        begun = time.perf_counter()
+        runtime.predict_proba([text])
+        single.append(1000 * (time.perf_counter() - begun))
+    return {
+        "texts_per_s_batched": batched,
+        "single_p50_ms": float(np.median(single)),
+        "single_texts_per_s": 1000 / float(np.mean(single)),
+    }
+
+
+def best_under_target(rows: list[dict]) -> dict | None:
+    ok = [r for r in rows if r["p95_ms"] < TARGET_P95_MS and r["failures"] == 0]
+    return max(ok, key=lambda r: r["rps"]) if ok else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--texts", type=int, default=1000)
+    args = parser.parse_args()
+    texts = sample_reviews(args.texts, seed=1)
+    ceiling = in_process_ceiling(texts)
+    print("in-process", ceiling, flush=True)
+
+    systems = {
+        "bentoml-batching": (bentoml_serve(3301), "http://127.0.0.1:3301", {}),
+        "bentoml-no-batching": (bentoml_serve(3302), "http://127.0.0.1:3302", {"ADAPTIVE_BATCHING": "0"}),
+        "fastapi-pipeline-fp32": (
+            [sys.executable, "-m", "loadtests.naive_server", "--port", "3303"],
+            "http://127.0.0.1:3303",
+            {},
+        ),
+    }
+    rows = []
+    for name, (command, url, env) in systems.items():
+        with running(command, f"{url}/health", env):
+            for row in sweep(url, texts, args.concurrency, args.seconds):
+                rows.append({"system": name, **row})
+                print(rows[-1], flush=True)
+    write_report(ceiling, pd.DataFrame(rows), args)
+
+
+def write_report(ceiling: dict, rows: pd.DataFrame, args: argparse.Namespace) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(OUT / "sweep.csv", index=False)
+    summary = {"in-process-onnx-int8": {"max_rps": ceiling["texts_per_s_batched"], "p95_ms": None, "concurrency": None}}
+    for name, group in rows.groupby("system", sort=False):
+        best = best_under_target(group.to_dict("records"))
+        summary[name] = {
+            "max_rps": best["rps"] if best else 0.0,
+            "p95_ms": best["p95_ms"] if best else None,
+            "concurrency": best["concurrency"] if best else None,
+        }
+    ceiling_rps = ceiling["texts_per_s_batched"]
+    batching = summary["bentoml-batching"]["max_rps"]
+    naive = summary["fastapi-pipeline-fp32"]["max_rps"]
+    result = {
+        "ceiling": ceiling,
+        "systems": summary,
+        "cpu_count": os.cpu_count(),
+        "ratio_batching_to_ceiling": batching / ceiling_rps,
+        "ratio_batching_to_naive": batching / naive if naive else None,
+        "settings": {"concurrency": args.concurrency, "seconds": args.seconds, "texts": args.texts},
+    }
+    (OUT / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, group in rows.groupby("system", sort=False):
+        ax.plot(group.rps, group.p95_ms, marker="o", label=name)
+    ax.axhline(TARGET_P95_MS, color="red", linestyle="--", linewidth=1, label="p95 target")
+    ax.axvline(ceiling_rps, color="gray", linestyle=":", label="in-process ONNX ceiling")
+    ax.set(xlabel="requests/s", ylabel="p95 latency (ms)", yscale="log", title="p95 latency vs throughput")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "p95_vs_throughput.png", dpi=120)
+    plt.close(fig)
+
+    lines = []
+    for name, s in summary.items():
+        p95 = "" if s["p95_ms"] is None else f"{s['p95_ms']:.1f}"
+        concurrency = "" if s["concurrency"] is None else s["concurrency"]
+        lines.append(f"| {name} | {s['max_rps']:.1f} | {p95} | {concurrency} | {s['max_rps'] / ceiling_rps:.2f} |")
+    table = "\n".join(lines)
+    (OUT / "BENCHMARK.md").write_text(f"""# Serving benchmark
+
+Generated by `make benchmark` (`loadtests/benchmark.py`) on {os.cpu_count()} CPU cores, the load generator on the
+same machine. {args.texts} real IMDb test reviews; closed loop of 1 review per request at concurrency
+{args.concurrency}, {args.seconds:.0f} s per level. Best requests/s whose p95 < {TARGET_P95_MS:.0f} ms, no failures.
+
+| system | max requests/s (p95 < 100 ms) | p95 ms there | concurrency | ratio to ceiling |
+|---|---|---|---|---|
+{table}
+
+In-process single-review latency: p50 {ceiling["single_p50_ms"]:.1f} ms ({ceiling["single_texts_per_s"]:.1f} reviews/s
+one at a time). Adaptive batching vs ceiling: **{result["ratio_batching_to_ceiling"]:.2f}** (target >= 0.80);
+vs the naive peer: **{result["ratio_batching_to_naive"] or float("nan"):.1f}x** (target >= 4x).
+
+![p95 vs throughput](p95_vs_throughput.png)
+
+Full sweep: [sweep.csv](sweep.csv).
+""")
+    print((OUT / "BENCHMARK.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

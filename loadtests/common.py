@@ -1,0 +1,51 @@
+"""What the load test and the benchmark share: real review samples and a server started as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+IMDB_TEST = Path(os.environ.get("TEXTCLF_DATA_DIR", ROOT.parent / "shared" / "data")) / "imdb" / "test.parquet"
+
+
+def sample_reviews(n: int = 2000, seed: int = 0) -> list[str]:
+    """A seeded random sample of real IMDb test reviews: the natural length mix, both classes."""
+    return pd.read_parquet(IMDB_TEST, columns=["text"]).text.sample(n, random_state=seed).tolist()
+
+
+@contextmanager
+def running(command: list[str], health_url: str, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator:
+    """Start a server, wait until `health_url` answers 200, stop it afterwards."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=os.environ | (env or {}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command} exited with {process.returncode}")
+            try:
+                if requests.get(health_url, timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f"{health_url} not healthy after {timeout} s")
+            time.sleep(0.5)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def bentoml_serve(port: int) -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", "service:SentimentAPI", "--port", str(port)]
