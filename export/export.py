@@ -32,6 +32,7 @@ from training.modeling import predict_proba
 from training.registry import SELECTION_METRIC, setup_tracking
 
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+PARITY_REPORT = Path("reports/export/parity.json")
 
 
 class ParityError(RuntimeError):
@@ -173,6 +174,20 @@ def run(export: ExportConfig) -> bentoml.Model:
     variants = tuple(dict.fromkeys(("fp32", export.variant)))
     parity = check_parity(model, tokenizer, onnx_dir, registry, export, variants)
     bento_model = import_to_bentoml(onnx_dir, registry, export, parity)
+    PARITY_REPORT.parent.mkdir(parents=True, exist_ok=True)
+    PARITY_REPORT.write_text(
+        json.dumps(
+            {
+                "model": f"{registry.name}:{registry.version}",
+                "bento_model": str(bento_model.tag),
+                "variant": export.variant,
+                "parity": parity,
+                "sizes_mb": {v: round((onnx_dir / f).stat().st_size / 1e6, 1) for v, f in VARIANT_FILES.items()},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"imported {bento_model.tag} from {registry.name} v{registry.version} ({export.variant})")
     return bento_model
 

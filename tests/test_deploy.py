@@ -28,6 +28,10 @@ def test_compose_stack_and_dashboard_queries():
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["classifier:3000"]
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/imdb-sentiment.json").read_text())
     queries = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
-    for metric in ("bentoml_service_request_total", "request_duration_seconds_bucket", "adaptive_batch_size",
-                   "sentiment_predictions_total"):
+    for metric in (
+        "bentoml_service_request_total",
+        "request_duration_seconds_bucket",
+        "adaptive_batch_size",
+        "sentiment_predictions_total",
+    ):
         assert metric in queries

@@ -1,0 +1,75 @@
+"""The built image, run for real: health, predictions, a validation error, non-root user, size, start time.
+
+Run with `make test-container` (builds the image first); not part of `make test`, which has no engine in CI.
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = [str(ROOT / ".ci" / "engine.sh")]
+IMAGE = os.environ.get("IMAGE_TAG", "imdb-sentiment:latest")
+PORT = 3380
+pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]
+
+
+def engine(*args: str) -> str:
+    return subprocess.run([*ENGINE, *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def container():
+    started = time.perf_counter()
+    container_id = engine("run", "-d", "-p", f"127.0.0.1:{PORT}:3000", IMAGE)
+    url = f"http://127.0.0.1:{PORT}"
+    try:
+        while time.perf_counter() - started < 120:
+            try:
+                if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"container not healthy in 120 s: {engine('logs', container_id)[-2000:]}")
+        yield {"id": container_id, "url": url, "start_to_ready_s": time.perf_counter() - started}
+    finally:
+        subprocess.run([*ENGINE, "rm", "-f", container_id], capture_output=True, check=False)
+
+
+def test_container_serves_and_reports(container):
+    url = container["url"]
+    health = requests.get(f"{url}/health").json()
+    prediction = requests.post(f"{url}/predict", json={"text": "What a fantastic, heartfelt film."}).json()
+    assert prediction["label"] == "pos" and prediction["model_version"] == health["version"]
+    batch = requests.post(f"{url}/predict_batch", json={"texts": ["Awful.", "Brilliant!"]}).json()
+    assert [p["label"] for p in batch["predictions"]] == ["neg", "pos"]
+    assert requests.post(f"{url}/predict", json={"text": ""}).status_code == 400
+    assert engine("exec", container["id"], "id", "-u") != "0"  # non-root
+    assert "prediction" in engine("logs", container["id"])  # request log on stdout
+    size_mb = int(engine("image", "inspect", IMAGE, "--format", "{{.Size}}")) / 1e6
+    out = ROOT / "reports" / "container"
+    out.mkdir(parents=True, exist_ok=True)
+    engine_name = subprocess.run(
+        ["bash", "-c", "source .ci/container-engine.sh && echo $ENGINE"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    report = {
+        "image": IMAGE,
+        "size_mb": round(size_mb, 1),
+        "start_to_ready_s": round(container["start_to_ready_s"], 2),
+        "engine": engine_name,
+        "model_version": health["version"],
+    }
+    (out / "container.json").write_text(json.dumps(report, indent=2) + "\n")
+    assert size_mb < 500, report
+    assert container["start_to_ready_s"] < 15, report
