@@ -9,8 +9,8 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install lint eda baseline train evaluate register export model serve build containerize test-container \
-	loadtest benchmark compose-up mlflow-ui notebook test all
+.PHONY: install lint eda baseline train compare evaluate register export model serve build containerize test-container \
+	loadtest benchmark report mlflow-ui notebook test all
 
 install:  ## create .venv from requirements.txt (torch is the CPU build)
 	python3.11 -m venv .venv
@@ -28,6 +28,13 @@ baseline:  ## TF-IDF + logistic regression -> reports/<dataset>/baseline.json + 
 
 train:  ## fine-tune (CONFIG=..., extra overrides in ARGS="train.epochs=2 ...")
 	$(PYTHON) -m training.train --config $(CONFIG) $(ARGS)
+
+compare:  ## LoRA r16 all-linear vs LoRA r4 query/value vs full fine-tuning, on a subset (imdb-compare.yaml)
+	$(PYTHON) -m training.train --config training/configs/imdb-compare.yaml name=compare-lora-r16-all-linear
+	$(PYTHON) -m training.train --config training/configs/imdb-compare.yaml name=compare-lora-r4-query-value \
+		model.lora_r=4 model.lora_alpha=8 "model.lora_target_modules=[query,value]"
+	$(PYTHON) -m training.train --config training/configs/imdb-compare.yaml name=compare-full-finetune \
+		model.method=full train.learning_rate=5e-5
 
 evaluate:  ## rebuild the committed model and score it on the test split -> reports/<name>/
 	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) $(ARGS)
@@ -59,6 +66,12 @@ loadtest: model  ## Locust, headless, several user counts -> reports/loadtest/
 
 benchmark: model  ## ONNX ceiling vs service (batching on/off) vs FastAPI+transformers -> reports/benchmark/
 	$(PYTHON) -m loadtests.benchmark
+
+report:  ## reports/PERFORMANCE.md and the model card, from the measured files
+	$(PYTHON) -m training.reports
+
+notebook:  ## execute the portfolio notebook in place (outputs are committed)
+	.venv/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 notebooks/exploration.ipynb
 
 mlflow-ui:
 	.venv/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000

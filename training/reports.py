@@ -51,6 +51,17 @@ def accuracy_section(metrics: dict, evaluation: dict | None, parity: dict | None
     return "\n".join(lines)
 
 
+def comparison_section() -> str:
+    runs = sorted(REPORTS.glob("compare-*/evaluation.json"))
+    if not runs:
+        return _missing("make compare")
+    rows = ["| run (1,500 train reviews, 128 tokens, 1 epoch) | test accuracy | macro F1 | n |", "|---|---|---|---|"]
+    for path in runs:
+        test = json.loads(path.read_text())["test"]
+        rows.append(f"| {path.parent.name} | {test['accuracy']:.4f} | {test['macro_f1']:.4f} | {test['n']} |")
+    return "\n".join(rows)
+
+
 def benchmark_section(benchmark: dict | None) -> str:
     if not benchmark:
         return _missing("make benchmark")
@@ -102,6 +113,10 @@ for training; serving numbers from the same 2-core machine, load generator inclu
 {accuracy_section(metrics, evaluation, parity)}
 
 Per class, confusion matrix and error analysis: [evaluation](imdb-minilm-lora/evaluation.md).
+
+## Experiments: LoRA variants vs full fine-tuning (subset, `make compare`)
+
+{comparison_section()}
 
 ## Serving: benchmark
 
