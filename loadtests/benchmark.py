@@ -32,6 +32,7 @@ import pandas as pd
 
 from export.runtime import OnnxTextClassifier
 from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
+from training.text import encode
 
 OUT = ROOT / "reports" / "benchmark"
 TARGET_P95_MS = 100.0
@@ -77,23 +78,30 @@ def sweep(url: str, texts: list[str], levels: list[int], seconds: float) -> list
 
 
 def in_process_ceiling(texts: list[str], batch_size: int = 32) -> dict:
+    """Texts/s without HTTP for three ways of running the same reviews; the service uses the micro-batched one."""
     model = bentoml.models.get(os.environ.get("BENTO_MODEL_TAG", "imdb-sentiment-onnx:latest"))
     runtime = OnnxTextClassifier(model.path)
-    runtime.predict_proba(texts[:32])  # warm-up
-    started = time.perf_counter()
-    for start in range(0, len(texts), batch_size):
-        runtime.predict_proba(texts[start : start + batch_size])
-    batched = len(texts) / (time.perf_counter() - started)
+    ids = encode(texts, runtime.tokenizer, runtime.encoding)
+    chunks = [range(start, min(start + batch_size, len(texts))) for start in range(0, len(texts), batch_size)]
+    strategies = {
+        "one_at_a_time_all_threads": lambda: [runtime._run(runtime.single, [x]) for x in ids],
+        "padded_batches_all_threads": lambda: [runtime._run(runtime.single, [ids[i] for i in c]) for c in chunks],
+        "micro_batched_parallel": lambda: [runtime.predict_proba([texts[i] for i in c]) for c in chunks],
+    }
+    runtime.predict_proba(texts[:batch_size])  # warm-up
+    result = {}
+    for name, strategy in strategies.items():
+        started = time.perf_counter()
+        strategy()
+        result[f"{name}_texts_per_s"] = len(texts) / (time.perf_counter() - started)
     single = []
     for text in texts[:200]:
         begun = time.perf_counter()
         runtime.predict_proba([text])
         single.append(1000 * (time.perf_counter() - begun))
-    return {
-        "texts_per_s_batched": batched,
-        "single_p50_ms": float(np.median(single)),
-        "single_texts_per_s": 1000 / float(np.mean(single)),
-    }
+    result["single_p50_ms"] = float(np.median(single))
+    result["texts_per_s_batched"] = result["micro_batched_parallel_texts_per_s"]
+    return result
 
 
 def best_under_target(rows: list[dict]) -> dict | None:
@@ -180,8 +188,11 @@ same machine. {args.texts} real IMDb test reviews; closed loop of 1 review per r
 |---|---|---|---|---|
 {table}
 
-In-process single-review latency: p50 {ceiling["single_p50_ms"]:.1f} ms ({ceiling["single_texts_per_s"]:.1f} reviews/s
-one at a time). Adaptive batching vs ceiling: **{result["ratio_batching_to_ceiling"]:.2f}** (target >= 0.80);
+In-process, same reviews, no HTTP: one at a time {ceiling["one_at_a_time_all_threads_texts_per_s"]:.1f} reviews/s;
+batches of 32 padded to their longest {ceiling["padded_batches_all_threads_texts_per_s"]:.1f}/s; the service's
+length-sorted micro-batches on parallel single-thread calls {ceiling["micro_batched_parallel_texts_per_s"]:.1f}/s
+(the ceiling). Single review p50 {ceiling["single_p50_ms"]:.1f} ms.
+Adaptive batching vs ceiling: **{result["ratio_batching_to_ceiling"]:.2f}** (target >= 0.80);
 vs the naive peer: **{result["ratio_batching_to_naive"] or float("nan"):.1f}x** (target >= 4x).
 
 ![p95 vs throughput](p95_vs_throughput.png)
