@@ -33,6 +33,13 @@ MAX_LATENCY_MS = int(os.environ.get("MAX_LATENCY_MS", "2000"))
 ADAPTIVE_BATCHING = os.environ.get("ADAPTIVE_BATCHING", "1") == "1"  # 0: one call per request (benchmark only)
 
 
+# Serving image: a slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's
+# default system-package step (build-essential, git: ~640 MB) that nothing here needs.
+IMAGE = bentoml.images.Image(
+    base_image="python:3.11-slim", distro="none", python_version="3.11", lock_python_packages=False
+).requirements_file("requirements-serve.txt")
+
+
 def _request_logger() -> logging.Logger:
     """One JSON line per request on stdout; no raw text unless LOG_TEXT=1."""
     logger = logging.getLogger("sentiment.requests")
@@ -89,7 +96,7 @@ health_app = FastAPI()
 
 
 @bentoml.asgi_app(health_app, path="/")
-@bentoml.service(name="sentiment-api", workers=1, traffic={"timeout": 60, "max_concurrency": 512})
+@bentoml.service(name="sentiment-api", image=IMAGE, workers=1, traffic={"timeout": 60, "max_concurrency": 512})
 class SentimentAPI:
     classifier = bentoml.depends(OnnxClassifier)
     model = bentoml.models.BentoModel(MODEL_TAG)

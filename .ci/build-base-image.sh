@@ -10,6 +10,9 @@ debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-cert
 ln -sf python3 "$rootfs/usr/bin/python"
 ln -sf pip3 "$rootfs/usr/bin/pip"
 rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED  # as in the official image: pip may install
-rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/usr/share/doc "$rootfs"/usr/share/man
+# Trim what debian:bookworm-slim also leaves out: downloaded packages, apt lists, docs, man pages, locales.
+rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
+  "$rootfs"/usr/share/doc "$rootfs"/usr/share/man "$rootfs"/usr/share/locale "$rootfs"/usr/share/info \
+  "$rootfs"/usr/lib/python3.11/test "$rootfs"/usr/lib/python3.11/ensurepip
 tar -C "$rootfs" -c . | $ENGINE import - docker.io/library/python:3.11-slim
 rm -rf "$rootfs"
