@@ -4,6 +4,7 @@ Needs the model in the BentoML store: `make model` (which `make test` runs first
 """
 
 import concurrent.futures
+import json
 import os
 import re
 import socket
@@ -168,3 +169,17 @@ def test_served_model_agrees_with_pytorch(server):
     served_probs = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in served])
     assert (served_probs.argmax(1) == reference.argmax(1)).mean() >= 0.98  # int8 vs fp32
     assert np.abs(served_probs - reference).max() < 0.1
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_exported(server):
+    requests.post(f"{server}/predict", json={"text": "Fine."})
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/imdb-sentiment.json").read_text())
+    queried = {
+        m
+        for p in dashboard["panels"]
+        for t in p["targets"]
+        for m in re.findall(r"\b(?:bentoml|sentiment)_\w+", t["expr"])
+    }
+    exported = requests.get(f"{server}/metrics").text
+    assert queried and all(re.search(rf"^{name}\{{", exported, re.MULTILINE) for name in queried), queried
+    assert 'service_name="sentiment-api"' in exported and 'endpoint="/predict"' in exported

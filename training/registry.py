@@ -40,14 +40,13 @@ def log_and_register(
         pip_requirements=["torch", "transformers", "tokenizers"],
     )
     version = str(info.registered_model_version)
-    client = MlflowClient()
-    client.set_model_version_tag(registered_name, version, SELECTION_METRIC, f"{validation_accuracy:.6f}")
-    alias = assign_alias(client, registered_name, version, validation_accuracy)
-    return version, alias
+    return version, assign_alias(MlflowClient(), registered_name, version, validation_accuracy)
 
 
 def assign_alias(client: MlflowClient, name: str, version: str, validation_accuracy: float) -> str:
-    """`champion` moves to `version` only if it beats the current champion on validation, else `challenger`."""
+    """Tag `version` with its validation accuracy; `champion` moves to it only if that beats the current
+    champion's, otherwise it becomes `challenger`."""
+    client.set_model_version_tag(name, version, SELECTION_METRIC, f"{validation_accuracy:.6f}")
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
         best = float(champion.tags.get(SELECTION_METRIC, "-inf"))
