@@ -34,10 +34,15 @@ ADAPTIVE_BATCHING = os.environ.get("ADAPTIVE_BATCHING", "1") == "1"  # 0: one ca
 
 
 # Serving image: a slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's
-# default system-package step (build-essential, git: ~640 MB) that nothing here needs.
-IMAGE = bentoml.images.Image(
-    base_image="python:3.11-slim", distro="none", python_version="3.11", lock_python_packages=False
-).requirements_file("requirements-serve.txt")
+# default system-package step (build-essential, git: ~640 MB) that nothing here needs; the installer (uv) and its
+# cache are removed after the install (they shrink the image where the build squashes its layers).
+IMAGE = (
+    bentoml.images.Image(
+        base_image="python:3.11-slim", distro="none", python_version="3.11", lock_python_packages=False
+    )
+    .requirements_file("requirements-serve.txt")
+    .run("rm -rf /root/.cache /usr/local/bin/uv /usr/local/bin/uvx")
+)
 
 
 def _request_logger() -> logging.Logger:

@@ -15,6 +15,9 @@ if ! $ENGINE image inspect "$BASE" >/dev/null 2>&1; then
 fi
 
 options=(--opt network=host)
+if [ "$ENGINE" = podman ]; then
+  options+=(--opt squash)  # one layer for the build steps, so removed build tools take no space
+fi
 if [ "$ENGINE" = podman ] && compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
   # This machine's HTTPS goes through a re-signing proxy: trust it during the build only (read-only mount).
   options+=(--opt volume=/etc/ssl/certs:/etc/ssl/certs:ro)

@@ -23,6 +23,7 @@ from transformers import (
     EarlyStoppingCallback,
     EvalPrediction,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -86,6 +87,15 @@ def training_arguments(config: ExperimentConfig) -> TrainingArguments:
     )
 
 
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate and save after the last step too, so the fully trained model competes for "best" checkpoint."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = control.should_save = True
+        return control
+
+
 def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     preds = prediction.predictions.argmax(-1)
     labels = prediction.label_ids
@@ -127,7 +137,7 @@ def run(config: ExperimentConfig, config_path: Path | None = None) -> dict:
             eval_dataset=tokenized["validation"],
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=compute_metrics,
-            callbacks=[EarlyStoppingCallback(config.train.early_stopping_patience)],
+            callbacks=[EarlyStoppingCallback(config.train.early_stopping_patience), EvaluateAtEnd()],
         )
         started = time.time()
         train_output = trainer.train(resume_from_checkpoint=checkpoint)
