@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import bentoml
+import bentoml.exceptions
 import mlflow
 import numpy as np
 import yaml
@@ -83,7 +84,9 @@ def export_onnx(
         model.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
         main_export(hf_dir, out_dir, task="text-classification", do_validation=False)
-    quantize_dynamic(out_dir / VARIANT_FILES["fp32"], out_dir / VARIANT_FILES["int8"], weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        out_dir / VARIANT_FILES["fp32"], out_dir / VARIANT_FILES["int8"], weight_type=QuantType.QInt8, per_channel=True
+    )
     info = {
         "label_names": [model.config.id2label[i] for i in range(model.config.num_labels)],
         "encoding": asdict(config.encoding),
@@ -192,6 +195,13 @@ def run(export: ExportConfig) -> bentoml.Model:
     return bento_model
 
 
+def in_store(name: str) -> bool:
+    try:
+        return bool(bentoml.models.list(name))
+    except bentoml.exceptions.NotFound:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = ExportConfig()
@@ -201,7 +211,7 @@ def main() -> None:
     parser.add_argument("--parity-samples", type=int, default=defaults.parity_samples)
     parser.add_argument("--if-missing", action="store_true", help="do nothing when the BentoML store has the model")
     args = parser.parse_args()
-    if args.if_missing and bentoml.models.list(args.bento_model):
+    if args.if_missing and in_store(args.bento_model):
         print(f"{args.bento_model} already in the BentoML store; skipping export")
         return
     setup_tracking()
