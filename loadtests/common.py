@@ -36,7 +36,7 @@ def running(command: list[str], health_url: str, env: dict[str, str] | None = No
             try:
                 if requests.get(health_url, timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             if time.time() > deadline:
                 raise TimeoutError(f"{health_url} not healthy after {timeout} s")

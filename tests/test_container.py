@@ -33,7 +33,7 @@ def container():
             try:
                 if requests.get(f"{url}/health", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.1)
         else:

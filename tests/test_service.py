@@ -49,7 +49,7 @@ def server():
         try:
             if requests.get(f"{url}/health", timeout=2).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         time.sleep(1)
     else:
