@@ -82,7 +82,6 @@ def write_report(
     metrics = classification_metrics(labels, probs.argmax(1), label_names)
     mistakes, by_length = error_analysis(texts, labels, probs, label_names)
     plot_confusion_matrix(metrics["confusion_matrix"], label_names, out_dir / "confusion_matrix.png")
-    mistakes.to_csv(out_dir / "errors.csv", index=False)
     rows = {name: metrics} | ({"TF-IDF + logistic regression": baseline} if baseline else {})
     per_class = "\n".join(
         f"| {c} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
