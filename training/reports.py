@@ -217,7 +217,8 @@ Accuracy by review length (words):
 {quantization}
 
 ## Limitations and failure modes
-The most confident mistakes (`most_confident_mistakes` in `reports/imdb-minilm-lora/evaluation.json`) are mostly reviews whose verdict is mixed or
+The most confident mistakes (`most_confident_mistakes` in
+`reports/imdb-minilm-lora/evaluation.json`) are mostly reviews whose verdict is mixed or
 ironic, reviews that retell a bad film's plot while liking it, and reviews where the middle (cut by the
 {config.encoding.max_length}-token head+tail truncation) carries the opinion. Accuracy by length above shows
 where truncation costs. IMDb holds polarised reviews only (<= 4 or >= 7 stars): neutral text is forced into one of
