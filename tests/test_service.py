@@ -8,15 +8,14 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import requests
+
+from loadtests.common import bentoml_serve, running
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "imdb-minilm-lora"
@@ -32,32 +31,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    env = os.environ | {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(ROOT / ".bentoml"))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service:SentimentAPI", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"bentoml serve exited: {process.stdout.read()[-3000:]}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    else:
-        process.kill()
-        pytest.fail("service did not become healthy in 180 s")
-    yield url
-    process.terminate()
-    process.wait(30)
+    env = {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(ROOT / ".bentoml"))}
+    with running(bentoml_serve(port), f"{url}/health", env):
+        yield url
 
 
 def test_health_and_bentoml_endpoints(server):
