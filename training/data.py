@@ -86,7 +86,7 @@ def _standardise(raw: DatasetDict, config: DataConfig) -> tuple[DatasetDict, lis
     feature = next(iter(raw.values())).features["label"]
     if isinstance(feature, ClassLabel):
         names = config.label_names or feature.names
-    elif feature.dtype == "string":
+    elif feature.dtype in ("string", "large_string"):
         names = config.label_names or sorted({label for split in raw.values() for label in split["label"]})
         raw = raw.class_encode_column("label") if not config.label_names else raw
     else:
