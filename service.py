@@ -81,7 +81,15 @@ class BatchPrediction(BaseModel):
     model_version: str
 
 
-@bentoml.service(name="onnx-classifier", workers=1, traffic={"timeout": 60})
+# runner_connection: BentoML (since 1.4.31) replaces the caller's HTTP session to this service every 100 requests
+# by default and closes the old one under requests still in flight on it, which then fail with 500s under load
+# (bentoml/BentoML#5540, "Server disconnected"). A local socket never needs that refresh.
+@bentoml.service(
+    name="onnx-classifier",
+    workers=1,
+    traffic={"timeout": 60},
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 365 * 24 * 3600.0},
+)
 class OnnxClassifier:
     model = bentoml.models.BentoModel(MODEL_TAG)
 

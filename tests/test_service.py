@@ -120,6 +120,15 @@ def test_concurrent_requests_are_batched(server):
     assert 'sentiment_predictions_total{label="pos"}' in requests.get(f"{server}/metrics").text
 
 
+def test_sustained_concurrent_load_has_no_errors(server):
+    """Past BentoML's default 100-request refresh of the session to the batched service (bentoml/BentoML#5540),
+    which used to close connections under in-flight requests and turn them into 500s."""
+    texts = [f"Review {i}: the plot was {'great' if i % 2 else 'dull'} and the acting {i}." for i in range(300)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda t: requests.post(f"{server}/predict", json={"text": t}).status_code, texts))
+    assert statuses.count(200) == len(texts), {s: statuses.count(s) for s in set(statuses)}
+
+
 def test_release_model_accuracy_over_http(server):
     """A fixed stratified sample of 2,000 real IMDb test reviews, through /predict_batch."""
     test = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet")
