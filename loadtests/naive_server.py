@@ -1,4 +1,5 @@
-"""The naive peer for the benchmark: FastAPI + `transformers.pipeline`, PyTorch fp32, one request at a time.
+"""The naive peer for the benchmark: FastAPI + `transformers.pipeline`, PyTorch fp32, one request at a time,
+plain (head-only) truncation.
 
 python -m loadtests.naive_server --port 3200
 """
@@ -45,7 +46,8 @@ def create_app(model_dir: Path = MODEL_DIR) -> FastAPI:
     @app.post("/predict")
     def predict(review: Review) -> dict:
         with lock:
-            scores = {s["label"]: s["score"] for s in classify(review.text)}
+            (result,) = classify([review.text])  # a list in, one list of {label, score} per text out
+            scores = {s["label"]: s["score"] for s in result}
         label = max(scores, key=scores.get)
         return {"label": label, "score": scores[label], "scores": scores}
 

@@ -157,6 +157,21 @@ def test_served_model_agrees_with_pytorch(server):
     assert np.abs(served_probs - reference).max() < 0.1
 
 
+def test_benchmark_naive_peer_serves_the_same_model(server):
+    """The benchmark's FastAPI + transformers.pipeline peer serves the same model: on reviews short enough that
+    its plain truncation and the service's head+tail cut see the same tokens, answers match (int8 vs fp32 aside)."""
+    from fastapi.testclient import TestClient
+
+    from loadtests.naive_server import create_app
+
+    reviews = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text
+    texts = reviews[reviews.str.len() < 600].sample(16, random_state=3).tolist()
+    naive = TestClient(create_app(MODEL_DIR))
+    naive_labels = [naive.post("/predict", json={"text": t}).json()["label"] for t in texts]
+    served = requests.post(f"{server}/predict_batch", json={"texts": texts}).json()["predictions"]
+    assert sum(a == p["label"] for a, p in zip(naive_labels, served, strict=True)) >= 15
+
+
 def test_every_metric_the_grafana_dashboard_queries_is_exported(server):
     requests.post(f"{server}/predict", json={"text": "Fine."})
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/imdb-sentiment.json").read_text())
