@@ -159,20 +159,23 @@ def write_report(ceiling: dict, rows: pd.DataFrame, args: argparse.Namespace) ->
     summary = {"in-process-onnx-int8": {"max_rps": ceiling["texts_per_s_batched"], "p95_ms": None, "concurrency": None}}
     for name, group in rows.groupby("system", sort=False):
         best = best_under_target(group.to_dict("records"))
+        peak = group.loc[group.rps.idxmax()]
         summary[name] = {
             "max_rps": best["rps"] if best else 0.0,
             "p95_ms": best["p95_ms"] if best else None,
             "concurrency": best["concurrency"] if best else None,
+            "peak_rps": float(peak.rps),
+            "p95_ms_at_peak": float(peak.p95_ms),
         }
     ceiling_rps = ceiling["texts_per_s_batched"]
-    batching = summary["bentoml-batching"]["max_rps"]
-    naive = summary["fastapi-pipeline-fp32"]["max_rps"]
+    batching, naive = summary["bentoml-batching"], summary["fastapi-pipeline-fp32"]
     result = {
         "ceiling": ceiling,
         "systems": summary,
         "cpu_count": os.cpu_count(),
-        "ratio_batching_to_ceiling": batching / ceiling_rps,
-        "ratio_batching_to_naive": batching / naive if naive else None,
+        "ratio_batching_to_ceiling": batching["max_rps"] / ceiling_rps,
+        "ratio_batching_to_naive": batching["max_rps"] / naive["max_rps"] if naive["max_rps"] else None,
+        "peak_ratio_batching_to_naive": batching["peak_rps"] / naive["peak_rps"],
         "settings": {"concurrency": args.concurrency, "seconds": args.seconds, "texts": args.texts},
     }
     (OUT / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -194,6 +197,12 @@ def write_report(ceiling: dict, rows: pd.DataFrame, args: argparse.Namespace) ->
         concurrency = "" if s["concurrency"] is None else s["concurrency"]
         lines.append(f"| {name} | {s['max_rps']:.1f} | {p95} | {concurrency} | {s['max_rps'] / ceiling_rps:.2f} |")
     table = "\n".join(lines)
+    naive_best_p95 = rows[rows.system == "fastapi-pipeline-fp32"].p95_ms.min()
+    naive_ratio = (
+        f"**{result['ratio_batching_to_naive']:.1f}x**"
+        if result["ratio_batching_to_naive"]
+        else f"the naive peer never keeps p95 under {TARGET_P95_MS:.0f} ms (its best p95: {naive_best_p95:.0f} ms)"
+    )
     sweep = ", ".join(f"{name} {rate:.1f}" for name, rate in ceiling["micro_batch_sweep_texts_per_s"].items())
     (OUT / "BENCHMARK.md").write_text(f"""# Serving benchmark
 
@@ -211,7 +220,8 @@ length-sorted micro-batches on parallel single-thread calls {ceiling["micro_batc
 (the ceiling). Single review p50 {ceiling["single_p50_ms"]:.1f} ms. Micro-batch limits (max size, max padding
 share) on the first 400 reviews, reviews/s: {sweep}.
 Adaptive batching vs ceiling: **{result["ratio_batching_to_ceiling"]:.2f}** (target >= 0.80);
-vs the naive peer: **{result["ratio_batching_to_naive"] or float("nan"):.1f}x** (target >= 4x).
+vs the naive peer: {naive_ratio} (target >= 4x); at each one's peak, whatever its latency,
+{batching["peak_rps"]:.1f} vs {naive["peak_rps"]:.1f} requests/s: **{result["peak_ratio_batching_to_naive"]:.1f}x**.
 
 ![p95 vs throughput](p95_vs_throughput.png)
 
