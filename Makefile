@@ -9,7 +9,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install lint eda baseline train compare evaluate register export model serve build containerize test-container \
+.PHONY: install lint eda baseline train compare evaluate register export model serve build containerize test-container test-compose \
 	loadtest benchmark report mlflow-ui notebook test all
 
 install:  ## create .venv from requirements.txt (torch is the CPU build)
@@ -58,8 +58,11 @@ build: model
 containerize: build  ## bentoml containerize (podman/buildah here, docker elsewhere)
 	IMAGE_TAG=$(IMAGE_TAG) ./.ci/containerize.sh
 
-test-container: containerize
+test-container: containerize  ## run the image: health, predictions, errors, size, start time
 	$(PYTHON) -m pytest -m container tests/test_container.py
+
+test-compose: containerize  ## the Compose stack for real (offline: STANDINS=1 COMPOSE_SERVICES="classifier mlflow prometheus")
+	$(PYTHON) -m pytest -m container tests/test_compose.py
 
 loadtest: model  ## Locust, headless, several user counts -> reports/loadtest/
 	$(PYTHON) -m loadtests.run_loadtest

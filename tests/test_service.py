@@ -183,4 +183,4 @@ def test_every_metric_the_grafana_dashboard_queries_is_exported(server):
     }
     exported = requests.get(f"{server}/metrics").text
     assert queried and all(re.search(rf"^{name}\{{", exported, re.MULTILINE) for name in queried), queried
-    assert 'service_name="sentiment-api"' in exported and 'endpoint="/predict"' in exported
+    assert 'runner_name="sentiment-api"' in exported and 'endpoint="/predict"' in exported
