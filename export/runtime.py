@@ -79,7 +79,8 @@ class OnnxTextClassifier:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
-    def _run(self, session: ort.InferenceSession, ids: list[list[int]]) -> np.ndarray:
+    def run_padded(self, session: ort.InferenceSession, ids: list[list[int]]) -> np.ndarray:
+        """Logits for token-id sequences run as one batch, padded to the longest."""
         width = max(map(len, ids))
         input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(ids), width), dtype=np.int64)
@@ -99,9 +100,9 @@ class OnnxTextClassifier:
         groups = micro_batches([len(x) for x in ids], self.config.max_micro_batch, self.config.max_padding)
         logits = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
         if len(groups) == 1:
-            logits[groups[0]] = self._run(self.single, [ids[i] for i in groups[0]])
+            logits[groups[0]] = self.run_padded(self.single, [ids[i] for i in groups[0]])
         else:
-            results = self.pool.map(lambda group: self._run(self.parallel, [ids[i] for i in group]), groups)
+            results = self.pool.map(lambda group: self.run_padded(self.parallel, [ids[i] for i in group]), groups)
             for group, group_logits in zip(groups, results, strict=True):
                 logits[group] = group_logits
         return softmax(logits)

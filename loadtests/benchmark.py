@@ -103,8 +103,8 @@ def in_process_ceiling(texts: list[str], batch_size: int = 32) -> dict:
     ids = encode(texts, runtime.tokenizer, runtime.encoding)
     chunks = [range(start, min(start + batch_size, len(texts))) for start in range(0, len(texts), batch_size)]
     strategies = {
-        "one_at_a_time_all_threads": lambda: [runtime._run(runtime.single, [x]) for x in ids],
-        "padded_batches_all_threads": lambda: [runtime._run(runtime.single, [ids[i] for i in c]) for c in chunks],
+        "one_at_a_time_all_threads": lambda: [runtime.run_padded(runtime.single, [x]) for x in ids],
+        "padded_batches_all_threads": lambda: [runtime.run_padded(runtime.single, [ids[i] for i in c]) for c in chunks],
         "micro_batched_parallel": lambda: [runtime.predict_proba([texts[i] for i in c]) for c in chunks],
     }
     runtime.predict_proba(texts[:batch_size])  # warm-up
