@@ -172,7 +172,8 @@ def run(config: ExperimentConfig, config_path: Path | None = None) -> dict:
             "test_macro_f1": test_metrics["macro_f1"],
             "n_test": test_metrics["n"],
             "n_train": len(data.splits["train"]),
-            "train_runtime_s": round(time.time() - started, 1),
+            "train_runtime_s": round(time.time() - started, 1),  # this session's only, when resumed
+            "resumed_from_step": int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0,
             "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
             "hardware": hardware(),
             "mlflow_run_id": active.info.run_id,
