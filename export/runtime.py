@@ -27,8 +27,9 @@ class RuntimeConfig:
     """Threading and micro-batching; defaults chosen by `loadtests/benchmark.py` on a 2-core machine."""
 
     workers: int = int(os.environ.get("CLASSIFIER_WORKERS", os.cpu_count() or 1))
-    # On a 2-core AVX2 CPU (no VNNI: int8 GEMMs gain little from batching), micro-batches of at most 2 with <= 5%
-    # padding ran faster than larger ones: `make benchmark` measures the sweep (reports/benchmark/BENCHMARK.md).
+    # On a 2-core AVX2 CPU (no VNNI: int8 GEMMs gain little from batching), micro-batches of at most 1, 2 or 4
+    # reviews with <= 5% padding ran within noise of each other and faster than 8 with <= 15% padding (the old
+    # default): `make benchmark` measures the sweep (reports/benchmark/BENCHMARK.md).
     max_micro_batch: int = 2
     max_padding: float = 0.05  # share of padded positions a micro-batch may carry
 
