@@ -57,9 +57,20 @@ def test_damaged_model_is_refused(tiny_registered, tmp_path):
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
     graph = onnx.load(onnx_dir / "model.onnx")
-    for initializer in graph.graph.initializer:
-        if initializer.name.startswith("classifier.weight"):
-            initializer.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(initializer), initializer.name))
+    # Negate the weights and bias of the affine layer that produces the logits (its initializers may be renamed by
+    # the exporter), so every logit changes sign: a damaged model that loads and runs but answers wrongly.
+    producers = {output: node for node in graph.graph.node for output in node.output}
+    initializers = {i.name: i for i in graph.graph.initializer}
+    damaged, pending = [], [producers["logits"]]
+    while pending:
+        node = pending.pop()
+        for name in node.input:
+            if name in initializers:
+                initializers[name].CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(initializers[name]), name))
+                damaged.append(name)
+            elif node.op_type == "Add" and name in producers and producers[name].op_type in ("MatMul", "Gemm"):
+                pending.append(producers[name])
+    assert len(damaged) == 2, damaged  # weight and bias
     onnx.save(graph, onnx_dir / "model.onnx")
     registry = RegistryModel("tiny", "1", "run", {}, t["config"])
     with pytest.raises(ParityError, match="fp32: agreement"):

