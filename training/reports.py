@@ -81,7 +81,7 @@ def benchmark_section(benchmark: dict | None) -> str:
         f"serves **{benchmark['peak_ratio_batching_to_naive']:.1f}x** the naive peer (target 4x). Single review "
         f"in-process: p50 {benchmark['ceiling']['single_p50_ms']:.1f} ms. Details: [benchmark](benchmark/BENCHMARK.md)."
     )
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n\n![p95 vs throughput](benchmark/p95_vs_throughput.png)"
 
 
 def loadtest_section(loadtest: pd.DataFrame | None) -> str:
