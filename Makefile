@@ -75,6 +75,7 @@ report:  ## reports/PERFORMANCE.md and the model card, from the measured files
 
 notebook:  ## execute the portfolio notebook in place (outputs are committed)
 	.venv/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 notebooks/exploration.ipynb
+	$(PYTHON) -c "import nbformat as n; p='notebooks/exploration.ipynb'; nb=n.read(p, 4); [c.__setitem__('outputs', [o for o in c.outputs if o.get('name') != 'stderr']) for c in nb.cells if c.cell_type == 'code']; n.write(nb, p)"  # warnings carry machine paths
 
 mlflow-ui:
 	.venv/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
