@@ -64,6 +64,8 @@ def training_arguments(config: ExperimentConfig) -> TrainingArguments:
     strategy = "steps" if train.eval_steps else "epoch"
     return TrainingArguments(
         output_dir=str(config.run_dir),
+        # a fixed path (the default has a timestamp): a resumed run logs the same params to its MLflow run
+        logging_dir=str(config.run_dir / "logs"),
         learning_rate=train.learning_rate,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
