@@ -43,6 +43,21 @@ def container():
         subprocess.run([*ENGINE, "rm", "-f", container_id], capture_output=True, check=False)
 
 
+def test_image_carries_only_the_serving_code(container):
+    """The Bento's source is bentofile.yaml's include list, nothing picked up elsewhere in the project tree."""
+    src = "/home/bentoml/bento/src"
+    found = engine("exec", container["id"], "find", src, "-type", "f", "-not", "-path", "*/__pycache__/*")
+    assert {path.removeprefix(f"{src}/") for path in found.splitlines()} == {
+        "bentofile.yaml",
+        "service.py",
+        "requirements-serve.txt",
+        "export/__init__.py",
+        "export/runtime.py",
+        "training/__init__.py",
+        "training/text.py",
+    }
+
+
 def test_container_serves_and_reports(container):
     url = container["url"]
     health = requests.get(f"{url}/health").json()
