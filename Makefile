@@ -9,8 +9,9 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install lint eda baseline train compare evaluate register export model serve build containerize test-container test-compose \
-	loadtest benchmark report mlflow-ui notebook test all
+.PHONY: install lint eda baseline train remote-pack remote-finish compare evaluate register export model serve build \
+	containerize test-container test-compose \
+	loadtest benchmark soak report mlflow-ui notebook test all
 
 install:  ## create .venv from requirements.txt (torch is the CPU build)
 	python3.11 -m venv .venv
@@ -26,8 +27,14 @@ eda:  ## dataset report -> reports/eda/<dataset>/
 baseline:  ## TF-IDF + logistic regression -> reports/<dataset>/baseline.json + MLflow run
 	$(PYTHON) -m training.baseline --config $(CONFIG)
 
-train:  ## fine-tune (CONFIG=..., extra overrides in ARGS="train.epochs=2 ...")
+train:  ## fine-tune (CONFIG=..., extra overrides in ARGS="train.epochs=2 ...") -> models/<name>/
 	$(PYTHON) -m training.train --config $(CONFIG) $(ARGS)
+
+remote-pack:  ## tokenized splits + fp16 base model -> build/remote/, for a GPU machine without datasets/mlflow
+	$(PYTHON) -m training.remote pack --config $(CONFIG) $(ARGS)
+
+remote-finish:  ## OUT=<what `python -m training.remote train build/remote OUT` wrote> -> models/<name>/ + MLflow
+	$(PYTHON) -m training.remote finish $(OUT)
 
 compare:  ## LoRA r16 all-linear vs LoRA r4 query/value vs full fine-tuning, on a subset (imdb-compare.yaml)
 	$(PYTHON) -m training.train --config training/configs/imdb-compare.yaml name=compare-lora-r16-all-linear
@@ -36,18 +43,18 @@ compare:  ## LoRA r16 all-linear vs LoRA r4 query/value vs full fine-tuning, on 
 	$(PYTHON) -m training.train --config training/configs/imdb-compare.yaml name=compare-full-finetune \
 		model.method=full train.learning_rate=5e-5
 
-evaluate:  ## rebuild the committed model and score it on the test split -> reports/<name>/
+evaluate:  ## the only test scorer: rebuild the committed model, score the test split -> reports/<name>/, metrics.json
 	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) $(ARGS)
 
-register:  ## rebuild the MLflow registry entry from the committed adapter
-	$(PYTHON) -m training.register --model-dir $(MODEL_DIR)
+register:  ## the only registry writer: committed adapter -> MLflow version, champion/challenger gate
+	$(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
 
-export:  ## registry model -> ONNX fp32/int8 -> parity gate -> BentoML model store
-	$(PYTHON) -m export.export --model-uri $(MODEL_URI)
+export:  ## registry model -> ONNX fp32 + int8 candidates -> parity gate -> BentoML model store
+	$(PYTHON) -m export.export model_uri=$(MODEL_URI) $(ARGS)
 
 model:  ## register and export only what is missing (what serve and test need)
-	$(PYTHON) -m training.register --model-dir $(MODEL_DIR) --if-missing
-	$(PYTHON) -m export.export --model-uri $(MODEL_URI) --if-missing
+	$(PYTHON) -m training.registry --model-dir $(MODEL_DIR) --if-missing
+	$(PYTHON) -m export.export model_uri=$(MODEL_URI) --if-missing
 
 serve: model  ## run the service on :$(PORT)
 	.venv/bin/bentoml serve service:SentimentAPI --port $(PORT)
@@ -70,8 +77,11 @@ loadtest: model  ## Locust, headless, several user counts -> reports/loadtest/
 benchmark: model  ## ONNX ceiling vs service (batching on/off) vs FastAPI+transformers -> reports/benchmark/
 	$(PYTHON) -m loadtests.benchmark
 
+soak: model  ## 10 minutes at 80% of the benchmark's best load under p95 100 ms -> reports/soak/ (not in CI)
+	$(PYTHON) -m loadtests.soak
+
 report:  ## reports/PERFORMANCE.md and the model card, from the measured files
-	$(PYTHON) -m training.reports
+	$(PYTHON) -m reporting.render
 
 notebook:  ## execute the portfolio notebook in place (outputs are committed)
 	.venv/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 notebooks/exploration.ipynb
@@ -83,4 +93,4 @@ mlflow-ui:
 test: model  ## the whole test suite (real data, real models, real HTTP)
 	$(PYTHON) -m pytest -m "not container"
 
-all: eda baseline train evaluate export  ## the main job: data report -> baseline -> training -> evaluation -> export
+all: eda baseline train evaluate register export  ## the main job, each stage once

@@ -1,39 +1,33 @@
-"""BentoML service: sentiment predictions from the ONNX export of the registered model.
+"""BentoML service: sentiment of English movie reviews from the ONNX export of the registered model.
 
-Two services: `SentimentAPI` (public HTTP API on port 3000: validation, response shapes, logs, metrics) calls
-`OnnxClassifier`, whose `classify` is adaptively batched by BentoML: concurrent requests are merged into one
-call, which the runtime length-sorts into low-padding micro-batches (see `export/runtime.py`).
+`SentimentAPI` is the public API on port 3000: FastAPI routes with strict validation, one JSON error shape and an
+OpenAPI document that states every limit. It calls `OnnxClassifier`, whose `classify` BentoML batches adaptively.
+Settings: `serving/settings.py` (environment variables); the int8 self-check: `serving/selfcheck.py`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import sys
 import time
 import uuid
+from dataclasses import asdict
 from typing import Annotated
 
 import bentoml
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, Field
+from fastapi import Depends, FastAPI, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from pythonjsonlogger.json import JsonFormatter
 
-from export.runtime import OnnxTextClassifier
+from serving import errors
+from serving.selfcheck import SelfCheckLimits, load_classifier
+from serving.settings import ServiceSettings
 
-MODEL_TAG = os.environ.get("BENTO_MODEL_TAG", "imdb-sentiment-onnx:latest")
-MAX_TEXT_CHARS = int(os.environ.get("MAX_TEXT_CHARS", "50000"))
-MAX_BATCH_TEXTS = int(os.environ.get("MAX_BATCH_TEXTS", "64"))
-LOG_TEXT = os.environ.get("LOG_TEXT", "0") == "1"
-# Adaptive batching (see loadtests/benchmark.py): up to 64 texts per call. max_latency_ms is the deadline after
-# which BentoML answers 503, so it sits well above the 100 ms target instead of at it.
-# A /predict_batch call is one item of MAX_BATCH_TEXTS texts, so a batch must hold at least that many, else
-# BentoML can never schedule it.
-MAX_BATCH_SIZE = max(int(os.environ.get("MAX_BATCH_SIZE", "64")), MAX_BATCH_TEXTS)
-MAX_LATENCY_MS = int(os.environ.get("MAX_LATENCY_MS", "2000"))
-ADAPTIVE_BATCHING = os.environ.get("ADAPTIVE_BATCHING", "1") == "1"  # 0: one call per request (benchmark only)
-
+SETTINGS = ServiceSettings.from_env()
+MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
+HEALTH_TIMEOUT_S = 2.0
+SAMPLE = "A moving, beautifully acted film: I loved every minute of it."
 
 # Serving image: a slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's
 # default system-package step (build-essential, git: ~640 MB) that nothing here needs; the installer (uv) and its
@@ -46,26 +40,22 @@ IMAGE = (
     .run("rm -rf /root/.cache /usr/local/bin/uv /usr/local/bin/uvx")
 )
 
-
-def _request_logger() -> logging.Logger:
-    """One JSON line per request on stdout; no raw text unless LOG_TEXT=1."""
-    logger = logging.getLogger("sentiment.requests")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"asctime": "time"}))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
+# Non-blank = at least one character that is not ASCII whitespace: the same rule in JSON Schema, Python and pydantic.
+Text = Annotated[
+    str, Field(min_length=1, max_length=SETTINGS.max_text_chars, pattern=r"[^ \t\n\r\f\v]", description="A review")
+]
 
 
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("text must contain at least one non-whitespace character")
-    return text
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": SAMPLE}]})
+    text: Text
 
 
-Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS, description="A review to classify"), AfterValidator(_not_blank)]
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"texts": [SAMPLE, "Dull, predictable and far too long."]}]}
+    )
+    texts: list[Text] = Field(min_length=1, max_length=SETTINGS.max_batch_texts)
 
 
 class Prediction(BaseModel):
@@ -82,7 +72,7 @@ class BatchPrediction(BaseModel):
 
 
 # runner_connection: BentoML (since 1.4.31) replaces the caller's HTTP session to this service every 100 requests
-# by default and closes the old one under requests still in flight on it, which then fail with 500s under load
+# and closes the old one under requests still in flight on it, which then fail with 500s under load
 # (bentoml/BentoML#5540, "Server disconnected"). A local socket never needs that refresh.
 @bentoml.service(
     name="onnx-classifier",
@@ -91,37 +81,58 @@ class BatchPrediction(BaseModel):
     runner_connection={"max_requests": 2**31 - 1, "max_age": 365 * 24 * 3600.0},
 )
 class OnnxClassifier:
-    model = bentoml.models.BentoModel(MODEL_TAG)
+    model = MODEL
 
     def __init__(self) -> None:
-        self.runtime = OnnxTextClassifier(self.model.path)
+        limits = SelfCheckLimits(**self.model.info.metadata["selfcheck"])
+        self.runtime, self.check = load_classifier(self.model.path, limits, SETTINGS.workers)
+        bentoml.metrics.Gauge(
+            name="sentiment_int8_selfcheck_agreement",
+            documentation="int8 vs fp32 argmax agreement on the golden set, measured at start on this CPU",
+        ).set(self.check.agreement if self.check.agreement is not None else -1)
+        bentoml.metrics.Gauge(
+            name="sentiment_served_variant", documentation="1 for the variant served", labelnames=["variant"]
+        ).labels(variant=self.check.served).set(1)
 
-    @bentoml.api(batchable=ADAPTIVE_BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    @bentoml.api(
+        batchable=SETTINGS.adaptive_batching,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
     def classify(self, texts: list[str]) -> list[list[float]]:
         """Class probabilities per text (label order as in the model's `label_names`)."""
         return self.runtime.predict_proba(texts).tolist()
 
     @bentoml.api
-    def ready(self) -> bool:
-        """Answers once the model is loaded; `/health` of the public service asks this."""
-        return True
+    async def status(self) -> dict:  # async: answered on the event loop, never queued behind `classify`
+        """The variant served and what the int8 self-check measured on this CPU; `/health` reports it."""
+        return asdict(self.check)
 
 
-health_app = FastAPI()
+app = FastAPI(title="imdb-sentiment", description=__doc__)
+errors.install(app, max_body_bytes=SETTINGS.max_batch_texts * SETTINGS.max_text_chars * 4 + 4096)
+JSON_ONLY = {"dependencies": [Depends(errors.require_json)], "responses": errors.ERROR_RESPONSES}
 
 
-@bentoml.asgi_app(health_app, path="/")
+@bentoml.asgi_app(app, path="/")
 @bentoml.service(name="sentiment-api", image=IMAGE, workers=1, traffic={"timeout": 60, "max_concurrency": 512})
 class SentimentAPI:
     classifier = bentoml.depends(OnnxClassifier)
-    model = bentoml.models.BentoModel(MODEL_TAG)
+    model = MODEL  # its metadata: label names and version
 
     def __init__(self) -> None:
         info = self.model.info
         self.label_names: list[str] = info.metadata["label_names"]
         self.model_version = f"{info.metadata['mlflow_model']}:{info.metadata['mlflow_version']}"
         self.model_tag = str(info.tag)
-        self.log = _request_logger()
+        self.in_flight = 0
+        # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
+        self.deadline_s = SETTINGS.max_latency_ms / 1000 + SETTINGS.classify_timeout_s
+        self.log = logging.getLogger("sentiment.requests")
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"asctime": "time"}))
+        self.log.handlers, self.log.propagate = [handler], False
+        self.log.setLevel(logging.INFO)
         self.predictions = bentoml.metrics.Counter(
             name="sentiment_predictions", documentation="Predictions served, by label", labelnames=["label"]
         )
@@ -142,13 +153,24 @@ class SentimentAPI:
             model_version=self.model_version,
         )
 
-    async def _predict(self, texts: list[str], endpoint: str, ctx: bentoml.Context) -> list[Prediction]:
+    async def _predict(self, texts: list[str], request: Request, response: Response) -> list[Prediction]:
+        """Admission control first: past `max_in_flight` requests the answer is a fast 503, not a long queue."""
+        if self.in_flight >= SETTINGS.max_in_flight:
+            raise errors.ApiError(503, f"over {SETTINGS.max_in_flight} requests in flight; retry shortly")
         started = time.perf_counter()
-        request_id = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex
-        ctx.response.headers["x-request-id"] = request_id
-        predictions = [self._prediction(p) for p in await self.classifier.to_async.classify(texts)]
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        response.headers["x-request-id"] = request_id
+        self.in_flight += 1
+        try:
+            probabilities = await asyncio.wait_for(self.classifier.to_async.classify(texts), self.deadline_s)
+        except Exception as error:  # the classifier is down or restarting, or the batch deadline passed
+            raise errors.ApiError(503, f"the classifier is unavailable ({type(error).__name__})") from error
+        finally:
+            self.in_flight -= 1
+        predictions = [self._prediction(p) for p in probabilities]
         for prediction in predictions:
             self.predictions.labels(label=prediction.label).inc()
+        endpoint = request.url.path
         self.request_texts.labels(endpoint=endpoint).observe(len(texts))
         record = {
             "request_id": request_id,
@@ -158,30 +180,33 @@ class SentimentAPI:
             "labels": [p.label for p in predictions],
             "model_version": self.model_version,
         }
-        if LOG_TEXT:
-            record["texts"] = texts
-        self.log.info("prediction", extra=record)
+        self.log.info("prediction", extra=record | ({"texts": texts} if SETTINGS.log_text else {}))
         return predictions
 
-    @bentoml.api(route="/predict")
-    async def predict(self, text: Text, ctx: bentoml.Context) -> Prediction:
-        """Classify one text."""
-        (prediction,) = await self._predict([text], "/predict", ctx)
+    @app.post("/predict", **JSON_ONLY)
+    async def predict(self, body: PredictRequest, request: Request, response: Response) -> Prediction:
+        """Classify one review."""
+        (prediction,) = await self._predict([body.text], request, response)
         return prediction
 
-    @bentoml.api(route="/predict_batch")
-    async def predict_batch(
-        self, texts: Annotated[list[Text], Field(min_length=1, max_length=MAX_BATCH_TEXTS)], ctx: bentoml.Context
-    ) -> BatchPrediction:
-        """Classify 1 to MAX_BATCH_TEXTS texts; predictions come back in input order."""
-        predictions = await self._predict(texts, "/predict_batch", ctx)
+    @app.post("/predict_batch", **JSON_ONLY)
+    async def predict_batch(self, body: BatchRequest, request: Request, response: Response) -> BatchPrediction:
+        """Classify 1 to `max_batch_texts` reviews; predictions come back in input order."""
+        predictions = await self._predict(body.texts, request, response)
         return BatchPrediction(predictions=predictions, model_version=self.model_version)
 
-    @health_app.get("/health")
-    async def health(self) -> JSONResponse:
-        """200 once the classifier has its model loaded, 503 before (or when it is down)."""
+    @app.get("/health", responses={503: errors.ERROR_RESPONSES[503]})
+    async def health(self) -> dict:
+        """200 once the classifier has its model loaded (with the variant it serves), 503 before or when down."""
         try:
-            await self.classifier.to_async.ready()
+            check = await asyncio.wait_for(self.classifier.to_async.status(), HEALTH_TIMEOUT_S)
         except Exception as error:
-            return JSONResponse({"status": "unavailable", "detail": type(error).__name__}, status_code=503)
-        return JSONResponse({"status": "ok", "model": self.model_tag, "version": self.model_version})
+            raise errors.ApiError(503, f"the classifier is not ready ({type(error).__name__})") from error
+        warning = None if check["passed"] else f"int8 is not served: {check['detail']}"
+        return {
+            "status": "ok",
+            "model": self.model_tag,
+            "version": self.model_version,
+            "selfcheck": check,
+            "warning": warning,
+        }

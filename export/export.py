@@ -1,19 +1,22 @@
-"""Export a registered model to ONNX (fp32 + dynamic int8), gate on parity, import into the BentoML store.
+"""Registry model -> ONNX fp32 and int8 candidates -> parity gate -> BentoML model store.
 
-    python -m export.export --model-uri models:/imdb-sentiment@champion --variant int8
+    python -m export.export [--config FILE] [model_uri=models:/imdb-sentiment@champion] [int8_candidates=[...]]
 
-Refuses to import (exit code 2) when a variant's argmax agreement with PyTorch is under `min_agreement` or its
-validation accuracy drops by more than `max_accuracy_drop`.
+Every file is scored against PyTorch on the registered model's parity sample (its validation split as token ids,
+logged with it at registration: no dataset needed). fp32 must pass, else nothing is imported (exit 2). int8
+candidates that pass are timed and the fastest file that passed is served; when none passes, fp32 is imported and
+served, with a warning here, in the parity report, in the BentoML model's metadata and in the service's /health.
+The fp32 file always ships too, with a golden set: the service re-checks int8 on the CPU it runs on.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import bentoml
@@ -22,33 +25,38 @@ import mlflow
 import numpy as np
 import yaml
 from mlflow import MlflowClient
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from optimum.exporters.onnx import main_export
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from export.runtime import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, OnnxTextClassifier
-from training.config import ExperimentConfig, config_from_dict
-from training.data import load_data
-from training.modeling import predict_proba
+from export.quantize import RECIPES, quantize
+from serving.runtime import CONFIG_FILE, TOKENIZER_FILE, OnnxTextClassifier, cpu_flags
+from serving.selfcheck import FP32_FILE, GOLDEN_FILE, INT8_FILE, SelfCheckLimits, save_golden
+from serving.text import unpack_ids
+from training.config import ExperimentConfig, command_line, config_from_dict
+from training.modeling import PARITY_SAMPLE, predict_ids
 from training.registry import SELECTION_METRIC, setup_tracking
-
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-PARITY_REPORT = Path("reports/export/parity.json")
 
 
 class ParityError(RuntimeError):
-    """An exported variant disagrees with the PyTorch model beyond the gate's limits."""
+    """The fp32 export disagrees with the PyTorch model: the export is broken, nothing is imported."""
 
 
 @dataclass
 class ExportConfig:
+    """What to export and the gate every file must pass (on >= 2,000 reviews: one review is then 0.05%)."""
+
     model_uri: str = "models:/imdb-sentiment@champion"
     bento_model: str = "imdb-sentiment-onnx"
-    variant: str = "int8"
-    parity_samples: int = 1000
-    min_agreement: float = 0.99
-    max_accuracy_drop: float = 0.003
+    int8_candidates: list[str] = field(default_factory=lambda: ["int8-dynamic-ffn-fp32"])  # keys of RECIPES
+    min_agreement: float = 0.995  # int8: argmax agreement with PyTorch
+    max_accuracy_drop: float = 0.002  # int8: 0.2 point
+    fp32_max_abs_diff: float = 1e-3  # fp32 must reproduce PyTorch's probabilities: anything more is a broken export
+    calibration_samples: int = 256  # held out of the gate; static recipes calibrate on them
+    timing_samples: int = 200
+    golden_size: int = 64  # the service re-scores these at start (sized for a start within 5 s)
+    selfcheck: SelfCheckLimits = field(default_factory=SelfCheckLimits)
     work_dir: str = "build/onnx"
+    report: str = "reports/export/parity.json"
 
 
 @dataclass
@@ -61,7 +69,7 @@ class RegistryModel:
 
 
 def resolve(model_uri: str) -> RegistryModel:
-    """Registry name/version, the training run's metrics and its experiment config, for a `models:/` URI."""
+    """Registry name/version, the run's metrics and its experiment config, for a `models:/` URI."""
     client = MlflowClient()
     name, _, ref = model_uri.removeprefix("models:/").partition("@")
     if ref:
@@ -75,22 +83,24 @@ def resolve(model_uri: str) -> RegistryModel:
     return RegistryModel(name, str(version.version), version.run_id, metrics, config)
 
 
+def load_parity_sample(run_id: str) -> tuple[list[list[int]], np.ndarray]:
+    path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{PARITY_SAMPLE}")
+    sample = np.load(path)
+    return unpack_ids(sample["ids"], sample["offsets"]), sample["labels"].astype(np.int64)
+
+
 def export_onnx(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: ExperimentConfig, out_dir: Path
 ) -> Path:
-    """Write model.onnx (fp32), model.int8.onnx, tokenizer.json and classifier.json into `out_dir`."""
+    """Write the fp32 model, tokenizer.json and classifier.json into `out_dir`."""
     shutil.rmtree(out_dir, ignore_errors=True)
     with tempfile.TemporaryDirectory() as hf_dir:
         model.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
         main_export(hf_dir, out_dir, task="text-classification", do_validation=False)
-    quantize_dynamic(
-        out_dir / VARIANT_FILES["fp32"], out_dir / VARIANT_FILES["int8"], weight_type=QuantType.QInt8, per_channel=True
-    )
     info = {
         "label_names": [model.config.id2label[i] for i in range(model.config.num_labels)],
         "encoding": asdict(config.encoding),
-        "pad_token_id": tokenizer.pad_token_id,
     }
     (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
@@ -99,74 +109,133 @@ def export_onnx(
 def parity_report(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     reference_accuracy = float((reference.argmax(1) == labels).mean())
     accuracy = float((candidate.argmax(1) == labels).mean())
+    difference = np.abs(reference - candidate)
     return {
         "agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
         "accuracy": accuracy,
         "reference_accuracy": reference_accuracy,
         "accuracy_drop": reference_accuracy - accuracy,
-        "max_abs_prob_diff": float(np.abs(reference - candidate).max()),
+        "mean_abs_prob_diff": float(difference.mean()),
+        "max_abs_prob_diff": float(difference.max()),
         "n": len(labels),
     }
 
 
-def check_parity(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    onnx_dir: Path,
-    registry: RegistryModel,
-    export: ExportConfig,
-    variants: tuple[str, ...],
+def gate_failures(variant: str, report: dict[str, float], export: ExportConfig) -> list[str]:
+    if variant == "fp32":
+        diff = report["max_abs_prob_diff"]
+        return [f"max |dp| {diff:.2g} > {export.fp32_max_abs_diff}"] if diff > export.fp32_max_abs_diff else []
+    failures = []
+    if report["agreement"] < export.min_agreement:
+        failures.append(f"agreement {report['agreement']:.4f} < {export.min_agreement}")
+    if report["accuracy_drop"] > export.max_accuracy_drop:
+        failures.append(
+            f"accuracy drop {100 * report['accuracy_drop']:.2f} points > {100 * export.max_accuracy_drop:.2f}"
+        )
+    return failures
+
+
+def ms_per_review(runtime: OnnxTextClassifier, ids: list[list[int]]) -> float:
+    """One review at a time on all cores, as a lone /predict runs."""
+    runtime.predict_ids(ids[:5])  # warm-up
+    started = time.perf_counter()
+    for x in ids:
+        runtime.predict_ids([x])
+    return 1000 * (time.perf_counter() - started) / len(ids)
+
+
+def evaluate_variants(
+    onnx_dir: Path, reference: np.ndarray, ids: list[list[int]], labels: np.ndarray, export: ExportConfig
 ) -> dict[str, dict]:
-    """Compare each ONNX variant with PyTorch on validation reviews; raise `ParityError` past the limits."""
-    validation = load_data(registry.config.data).splits["validation"]
-    validation = validation.select(range(min(export.parity_samples, len(validation))))
-    texts, labels = validation["text"], np.array(validation["label"])
-    reference = predict_proba(model, tokenizer, texts, registry.config.encoding)
-    reports = {}
-    for variant in variants:
-        runtime = OnnxTextClassifier(onnx_dir, model_file=VARIANT_FILES[variant])
-        reports[variant] = parity_report(reference, runtime.predict_proba(texts), labels)
-    print(json.dumps(reports, indent=2))
-    failures = [
-        f"{v}: agreement {r['agreement']:.4f} < {export.min_agreement}"
-        for v, r in reports.items()
-        if r["agreement"] < export.min_agreement
-    ]
-    failures += [
-        f"{v}: accuracy drop {100 * r['accuracy_drop']:.2f} points > {100 * export.max_accuracy_drop:.2f}"
-        for v, r in reports.items()
-        if r["accuracy_drop"] > export.max_accuracy_drop
-    ]
-    if failures:
-        raise ParityError("parity gate failed, model not imported: " + "; ".join(failures))
-    return reports
+    """Parity and speed of fp32 and every int8 candidate; each entry says whether it passed the gate."""
+    gated = slice(0, len(ids) - export.calibration_samples)
+    files = {"fp32": FP32_FILE} | {name: f"{name}.onnx" for name in export.int8_candidates}
+    results = {}
+    for name, file in files.items():
+        if name != "fp32":
+            quantize(RECIPES[name], onnx_dir / FP32_FILE, onnx_dir / file, ids[gated.stop :])
+        runtime = OnnxTextClassifier(onnx_dir, model_file=file)
+        report = parity_report(reference[gated], runtime.predict_ids(ids[gated]), labels[gated])
+        report["ms_per_review"] = ms_per_review(runtime, ids[: export.timing_samples])
+        report["size_mb"] = round((onnx_dir / file).stat().st_size / 1e6, 1)
+        report["failures"] = gate_failures(name, report, export)
+        results[name] = report
+        status = "passed" if not report["failures"] else "FAILED: " + "; ".join(report["failures"])
+        print(
+            f"{name}: agreement {report['agreement']:.4f}, accuracy {report['accuracy']:.4f} "
+            f"(PyTorch {report['reference_accuracy']:.4f}), {report['ms_per_review']:.1f} ms/review, {status}"
+        )
+    return results
+
+
+def choose(results: dict[str, dict]) -> tuple[str, str | None]:
+    """The fastest int8 file that passed (None: fp32 is served) and a warning when int8 was refused."""
+    if results["fp32"]["failures"]:
+        raise ParityError("fp32 export disagrees with PyTorch: " + "; ".join(results["fp32"]["failures"]))
+    passed = [name for name, r in results.items() if name != "fp32" and not r["failures"]]
+    if passed:
+        return min(passed, key=lambda name: results[name]["ms_per_review"]), None
+    refused = "; ".join(f"{n}: {', '.join(r['failures'])}" for n, r in results.items() if n != "fp32")
+    return None, f"no int8 file passed the parity gate on this CPU, fp32 is served ({refused})"
 
 
 def import_to_bentoml(
-    onnx_dir: Path, registry: RegistryModel, export: ExportConfig, parity: dict[str, dict]
+    onnx_dir: Path, registry: RegistryModel, export: ExportConfig, results: dict, int8: str | None, warning: str | None
 ) -> bentoml.Model:
-    """Copy the chosen variant with its tokenizer and label names into the BentoML model store."""
+    """The fp32 file, the chosen int8 file (if any), tokenizer, label names and golden set into the BentoML store."""
     info = json.loads((onnx_dir / CONFIG_FILE).read_text())
+    served = int8 or "fp32"
     metadata = {
         "mlflow_model": registry.name,
         "mlflow_version": registry.version,
         "mlflow_run_id": registry.run_id,
-        "variant": export.variant,
+        "variant": served,
+        "int8_recipe": int8,
+        "int8_refused": warning,
         "label_names": info["label_names"],
         "max_length": info["encoding"]["max_length"],
         "truncation": info["encoding"]["truncation"],
         "validation_accuracy": registry.metrics.get(SELECTION_METRIC),
         "test_accuracy": registry.metrics.get("test_accuracy"),
-        "test_macro_f1": registry.metrics.get("test_macro_f1"),
-        "parity": parity,
+        "parity": {name: {k: v for k, v in r.items() if k != "failures"} for name, r in results.items()},
+        "export_cpu": cpu_flags(),
+        "selfcheck": asdict(export.selfcheck),
     }
-    labels = {"mlflow_model": registry.name, "mlflow_version": registry.version, "variant": export.variant}
+    metadata = {key: value for key, value in metadata.items() if value is not None}  # BentoML refuses None
+    labels = {"mlflow_model": registry.name, "mlflow_version": registry.version, "variant": served}
     with bentoml.models.create(export.bento_model, labels=labels, metadata=metadata) as bento_model:
         target = Path(bento_model.path)
-        shutil.copy(onnx_dir / VARIANT_FILES[export.variant], target / MODEL_FILE)
-        shutil.copy(onnx_dir / TOKENIZER_FILE, target / TOKENIZER_FILE)
-        shutil.copy(onnx_dir / CONFIG_FILE, target / CONFIG_FILE)
+        for name in (FP32_FILE, TOKENIZER_FILE, CONFIG_FILE, GOLDEN_FILE):
+            shutil.copy(onnx_dir / name, target / name)
+        if int8:
+            shutil.copy(onnx_dir / f"{int8}.onnx", target / INT8_FILE)
     return bento_model
+
+
+def parity_table(report: dict) -> str:
+    """reports/export/PARITY.md: the per-variant table that chose the served file."""
+    rows = [
+        "| file | agreement | accuracy (PyTorch) | drop, points | mean abs dp | ms/review | MB | gate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["variants"].items():
+        verdict = "passed" if not r["failures"] else "failed: " + "; ".join(r["failures"])
+        served = " (served)" if name == report["served"] else ""
+        rows.append(
+            f"| {name}{served} | {r['agreement']:.4f} | {r['accuracy']:.4f} ({r['reference_accuracy']:.4f}) "
+            f"| {100 * r['accuracy_drop']:.2f} | {r['mean_abs_prob_diff']:.4f} | {r['ms_per_review']:.1f} "
+            f"| {r['size_mb']} | {verdict} |"
+        )
+    gate = report["gate"]
+    return (
+        f"# Export parity: {report['model']}\n\nGenerated by `make export` (`export/export.py`) on a CPU with "
+        f"`{report['cpu']}`. Each file scored against PyTorch fp32 on {r['n']} validation reviews; int8 gate: "
+        f"agreement >= {gate['min_agreement']}, accuracy drop <= {100 * gate['max_accuracy_drop']:.1f} point. "
+        f"ms/review: one review at a time on all cores.\n\n"
+        + "\n".join(rows)
+        + "\n"
+        + (f"\n**Warning**: {report['warning']}\n" if report["warning"] else "")
+    )
 
 
 def run(export: ExportConfig) -> bentoml.Model:
@@ -174,24 +243,29 @@ def run(export: ExportConfig) -> bentoml.Model:
     components = mlflow.transformers.load_model(export.model_uri, return_type="components")
     model, tokenizer = components["model"].eval(), components["tokenizer"]
     onnx_dir = export_onnx(model, tokenizer, registry.config, Path(export.work_dir))
-    variants = tuple(dict.fromkeys(("fp32", export.variant)))
-    parity = check_parity(model, tokenizer, onnx_dir, registry, export, variants)
-    bento_model = import_to_bentoml(onnx_dir, registry, export, parity)
-    PARITY_REPORT.parent.mkdir(parents=True, exist_ok=True)
-    PARITY_REPORT.write_text(
-        json.dumps(
-            {
-                "model": f"{registry.name}:{registry.version}",
-                "bento_model": str(bento_model.tag),
-                "variant": export.variant,
-                "parity": parity,
-                "sizes_mb": {v: round((onnx_dir / f).stat().st_size / 1e6, 1) for v, f in VARIANT_FILES.items()},
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"imported {bento_model.tag} from {registry.name} v{registry.version} ({export.variant})")
+    ids, labels = load_parity_sample(registry.run_id)
+    reference = predict_ids(model, ids, tokenizer.pad_token_id)
+    results = evaluate_variants(onnx_dir, reference, ids, labels, export)
+    int8, warning = choose(results)
+    golden = ids[: export.golden_size]
+    save_golden(onnx_dir / GOLDEN_FILE, golden, OnnxTextClassifier(onnx_dir, model_file=FP32_FILE).predict_ids(golden))
+    bento_model = import_to_bentoml(onnx_dir, registry, export, results, int8, warning)
+    report = {
+        "model": f"{registry.name}:{registry.version}",
+        "bento_model": str(bento_model.tag),
+        "served": int8 or "fp32",
+        "warning": warning,
+        "cpu": cpu_flags(),
+        "gate": {"min_agreement": export.min_agreement, "max_accuracy_drop": export.max_accuracy_drop},
+        "golden_size": export.golden_size,
+        "variants": results,
+    }
+    Path(export.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(export.report).write_text(json.dumps(report, indent=2) + "\n")
+    Path(export.report).with_name("PARITY.md").write_text(parity_table(report))
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    print(f"imported {bento_model.tag} from {registry.name} v{registry.version}, serving {int8 or 'fp32'}")
     return bento_model
 
 
@@ -203,21 +277,13 @@ def in_store(name: str) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = ExportConfig()
-    parser.add_argument("--model-uri", default=defaults.model_uri)
-    parser.add_argument("--bento-model", default=defaults.bento_model)
-    parser.add_argument("--variant", choices=sorted(VARIANT_FILES), default=defaults.variant)
-    parser.add_argument("--parity-samples", type=int, default=defaults.parity_samples)
-    parser.add_argument("--if-missing", action="store_true", help="do nothing when the BentoML store has the model")
-    args = parser.parse_args()
-    if args.if_missing and in_store(args.bento_model):
-        print(f"{args.bento_model} already in the BentoML store; skipping export")
+    export, args = command_line(
+        ExportConfig, __doc__, flags={"--if-missing": "do nothing when the BentoML store has the model"}
+    )
+    if args.if_missing and in_store(export.bento_model):
+        print(f"{export.bento_model} already in the BentoML store; skipping export")
         return
     setup_tracking()
-    export = ExportConfig(
-        model_uri=args.model_uri, bento_model=args.bento_model, variant=args.variant, parity_samples=args.parity_samples
-    )
     try:
         run(export)
     except ParityError as error:

@@ -1,6 +1,6 @@
 """One run, same texts, four ways to serve the model:
 
-1. in-process ONNX Runtime int8 (the ceiling: no HTTP, batches of 32 through the service's runtime);
+1. in-process ONNX Runtime, the file the service serves (the ceiling: no HTTP, batches of 32 through its runtime);
 2. the BentoML service with adaptive batching;
 3. the same service with batching off (ADAPTIVE_BATCHING=0);
 4. a naive peer: FastAPI + transformers.pipeline, PyTorch fp32, one request at a time.
@@ -30,9 +30,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from export.runtime import OnnxTextClassifier, RuntimeConfig
 from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
-from training.text import encode
+from serving.runtime import cpu_flags
+from serving.selfcheck import SelfCheckLimits, load_classifier
 
 OUT = ROOT / "reports" / "benchmark"
 TARGET_P95_MS = 100.0
@@ -83,40 +83,27 @@ def texts_per_second(run, n_texts: int) -> float:
     return n_texts / (time.perf_counter() - started)
 
 
-def micro_batch_sweep(model_path: str, texts: list[str], batch_size: int = 32) -> dict[str, float]:
-    """Texts/s of the service's runtime for several micro-batch limits: how RuntimeConfig's defaults were chosen."""
-    chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
-    result = {}
-    for size, padding in [(1, 0.0), (2, 0.05), (4, 0.05), (8, 0.15)]:
-        runtime = OnnxTextClassifier(model_path, RuntimeConfig(max_micro_batch=size, max_padding=padding))
-        runtime.predict_proba(chunks[0])  # warm-up
-        result[f"max_{size}_padding_{padding}"] = texts_per_second(
-            lambda runtime=runtime: [runtime.predict_proba(c) for c in chunks], len(texts)
-        )
-    return result
-
-
 def in_process_ceiling(texts: list[str], batch_size: int = 32) -> dict:
-    """Texts/s without HTTP for three ways of running the same reviews; the service uses the micro-batched one."""
+    """Texts/s without HTTP through the service's runtime: one text per call on all cores, and batches of texts
+    run as parallel single-thread calls (what an adaptive batch gets: the ceiling)."""
     model = bentoml.models.get(os.environ.get("BENTO_MODEL_TAG", "imdb-sentiment-onnx:latest"))
-    runtime = OnnxTextClassifier(model.path)
-    ids = encode(texts, runtime.tokenizer, runtime.encoding)
-    chunks = [range(start, min(start + batch_size, len(texts))) for start in range(0, len(texts), batch_size)]
-    strategies = {
-        "one_at_a_time_all_threads": lambda: [runtime.run_padded(runtime.single, [x]) for x in ids],
-        "padded_batches_all_threads": lambda: [runtime.run_padded(runtime.single, [ids[i] for i in c]) for c in chunks],
-        "micro_batched_parallel": lambda: [runtime.predict_proba([texts[i] for i in c]) for c in chunks],
+    runtime, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
+    ids = runtime.encode(texts)
+    chunks = [ids[start : start + batch_size] for start in range(0, len(ids), batch_size)]
+    runtime.predict_ids(chunks[0])  # warm-up
+    result = {
+        "served": check.served,
+        "one_at_a_time_all_threads_texts_per_s": texts_per_second(
+            lambda: [runtime.predict_ids([x]) for x in ids], len(texts)
+        ),
+        "texts_per_s_batched": texts_per_second(lambda: [runtime.predict_ids(c) for c in chunks], len(texts)),
     }
-    runtime.predict_proba(texts[:batch_size])  # warm-up
-    result = {f"{name}_texts_per_s": texts_per_second(strategy, len(texts)) for name, strategy in strategies.items()}
     single = []
     for text in texts[:200]:
         begun = time.perf_counter()
         runtime.predict_proba([text])
         single.append(1000 * (time.perf_counter() - begun))
     result["single_p50_ms"] = float(np.median(single))
-    result["texts_per_s_batched"] = result["micro_batched_parallel_texts_per_s"]
-    result["micro_batch_sweep_texts_per_s"] = micro_batch_sweep(model.path, texts[:400], batch_size)
     return result
 
 
@@ -173,7 +160,13 @@ def main() -> None:
 def write_report(ceiling: dict, rows: pd.DataFrame, deadlines: pd.DataFrame, args: argparse.Namespace) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rows.to_csv(OUT / "sweep.csv", index=False)
-    summary = {"in-process-onnx-int8": {"max_rps": ceiling["texts_per_s_batched"], "p95_ms": None, "concurrency": None}}
+    summary = {
+        f"in-process-onnx-{ceiling['served']}": {
+            "max_rps": ceiling["texts_per_s_batched"],
+            "p95_ms": None,
+            "concurrency": None,
+        }
+    }
     for name, group in rows.groupby("system", sort=False):
         best = best_under_target(group.to_dict("records"))
         peak = group.loc[group.rps.idxmax()]
@@ -190,6 +183,7 @@ def write_report(ceiling: dict, rows: pd.DataFrame, deadlines: pd.DataFrame, arg
         "ceiling": ceiling,
         "systems": summary,
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_flags(),
         "ratio_batching_to_ceiling": batching["max_rps"] / ceiling_rps,
         "ratio_batching_to_naive": batching["max_rps"] / naive["max_rps"] if naive["max_rps"] else None,
         "peak_ratio_batching_to_naive": batching["peak_rps"] / naive["peak_rps"],
@@ -226,7 +220,6 @@ def write_report(ceiling: dict, rows: pd.DataFrame, deadlines: pd.DataFrame, arg
         if result["ratio_batching_to_naive"]
         else f"the naive peer never keeps p95 under {TARGET_P95_MS:.0f} ms (its best p95: {naive_best_p95:.0f} ms)"
     )
-    micro_sweep = ", ".join(f"{name} {rate:.1f}" for name, rate in ceiling["micro_batch_sweep_texts_per_s"].items())
     deadline_table = "\n".join(
         f"| {r.max_latency_ms} | {r.rps:.1f} | {r.p95_ms:.0f} | {r.failures} "
         f"| {r.failures / (r.requests + r.failures):.1%} |"
@@ -234,19 +227,19 @@ def write_report(ceiling: dict, rows: pd.DataFrame, deadlines: pd.DataFrame, arg
     )
     (OUT / "BENCHMARK.md").write_text(f"""# Serving benchmark
 
-Generated by `make benchmark` (`loadtests/benchmark.py`) on {os.cpu_count()} CPU cores, the load generator on the
-same machine. {args.texts} real IMDb test reviews; closed loop of 1 review per request at concurrency
-{args.concurrency}, {args.seconds:.0f} s per level. Best requests/s whose p95 < {TARGET_P95_MS:.0f} ms, no failures.
+Generated by `make benchmark` (`loadtests/benchmark.py`) on {os.cpu_count()} CPU cores (`{cpu_flags()}`), the
+load generator on the same machine. {args.texts} real IMDb test reviews; closed loop of 1 review per request at
+concurrency {args.concurrency}, {args.seconds:.0f} s per level. Best requests/s whose p95 < {TARGET_P95_MS:.0f} ms,
+no failures.
 
 | system | max requests/s (p95 < 100 ms) | p95 ms there | concurrency | ratio to ceiling |
 |---|---|---|---|---|
 {table}
 
-In-process, same reviews, no HTTP: one at a time {ceiling["one_at_a_time_all_threads_texts_per_s"]:.1f} reviews/s;
-batches of 32 padded to their longest {ceiling["padded_batches_all_threads_texts_per_s"]:.1f}/s; the service's
-length-sorted micro-batches on parallel single-thread calls {ceiling["micro_batched_parallel_texts_per_s"]:.1f}/s
-(the ceiling). Single review p50 {ceiling["single_p50_ms"]:.1f} ms. Micro-batch limits (max size, max padding
-share) on the first 400 reviews, reviews/s: {micro_sweep}.
+In-process, same reviews, no HTTP, the {ceiling["served"]} file the service serves: one at a time on all cores
+{ceiling["one_at_a_time_all_threads_texts_per_s"]:.1f} reviews/s; batches of 32 run as parallel single-thread
+calls, as the service runs an adaptive batch, {ceiling["texts_per_s_batched"]:.1f}/s (the ceiling). Single review
+p50 {ceiling["single_p50_ms"]:.1f} ms.
 Adaptive batching vs ceiling: **{result["ratio_batching_to_ceiling"]:.2f}** (target >= 0.80);
 vs the naive peer: {naive_ratio} (target >= 4x); at each one's peak, whatever its latency,
 {batching["peak_rps"]:.1f} vs {naive["peak_rps"]:.1f} requests/s: **{result["peak_ratio_batching_to_naive"]:.1f}x**.

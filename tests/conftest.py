@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,23 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The release model behind `bentoml serve` (needs `make model`), shared by the HTTP tests that do not harm it."""
+    from loadtests.common import bentoml_serve, running
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(bentoml_serve(port), f"{url}/health", {"BENTOML_HOME": os.environ["BENTOML_HOME"]}):
+        yield url
 
 
 @pytest.fixture

@@ -1,5 +1,9 @@
+import subprocess
+import sys
+
 import pytest
 
+from serving.settings import ServiceSettings
 from training.config import flatten, load_config
 
 
@@ -15,3 +19,26 @@ def test_unknown_keys_and_bad_overrides_are_rejected():
         load_config(None, ["train.learnin_rate=1"])
     with pytest.raises(ValueError, match="key=value"):
         load_config(None, ["train.epochs"])
+
+
+COMMANDS = {
+    "training.train": "train.learning_rate",
+    "training.baseline": "data.name",
+    "training.eda": "data.name",
+    "training.evaluate": "data.max_test_samples",
+    "training.registry": "registered_model",
+    "export.export": "min_agreement",
+}
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_has_one_surface_and_lists_its_fields(module):
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True)
+    assert "key=value" in result.stdout and f"  {COMMANDS[module]}:" in result.stdout
+
+
+def test_service_settings_come_from_the_environment_in_one_place():
+    settings = ServiceSettings.from_env({"MAX_TEXT_CHARS": "100", "ADAPTIVE_BATCHING": "0", "MAX_BATCH_TEXTS": "80"})
+    assert settings.max_text_chars == 100 and settings.adaptive_batching is False
+    assert settings.max_batch_size == 80  # a batch must hold the largest /predict_batch request
+    assert ServiceSettings.from_env({}) == ServiceSettings()

@@ -1,4 +1,5 @@
-"""Export of a tiny registered model: ONNX parity with PyTorch, the refusal of a damaged model, the CLI import."""
+"""Export of a tiny registered model: ONNX parity with PyTorch, the refusal of a damaged model, the int8 fallback,
+the CLI import with its golden set, and predictions that do not depend on batch-mates."""
 
 import json
 import os
@@ -11,10 +12,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from export.export import ExportConfig, ParityError, RegistryModel, check_parity, export_onnx
-from export.runtime import OnnxTextClassifier, micro_batches
+from export.export import ExportConfig, ParityError, choose, evaluate_variants, export_onnx
+from serving.runtime import OnnxTextClassifier
+from serving.selfcheck import FP32_FILE, GOLDEN_FILE, INT8_FILE, SelfCheckLimits, load_classifier, save_golden
 from tests.test_training_pipeline import tiny_config
-from training.modeling import load_tokenizer, merged_from_adapter, predict_proba
+from training.modeling import load_tokenizer, merged_from_adapter, predict_ids, predict_proba
+from training.registry import register
 from training.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,30 +36,44 @@ def tiny_registered(tiny_checkpoint, data_dir, tmp_path_factory):
     try:
         config = tiny_config(tiny_checkpoint, data_dir, tmp, **{"train.max_steps": 2})
         run(config)
+        model_dir = Path(config.models_dir) / config.name
+        register(model_dir, config)
     finally:
         os.chdir(cwd)
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
-    model = merged_from_adapter(Path(config.models_dir) / config.name, tiny_checkpoint, ["neg", "pos"])
-    return {"config": config, "model": model, "tokenizer": load_tokenizer(tiny_checkpoint), "tmp": tmp, "uri": uri}
+    model = merged_from_adapter(model_dir, tiny_checkpoint, ["neg", "pos"])
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    sample = np.load(model_dir / "parity_sample.npz")
+    ids = [sample["ids"][a:b].tolist() for a, b in zip(sample["offsets"][:-1], sample["offsets"][1:], strict=True)]
+    return {
+        "config": config,
+        "model": model,
+        "tokenizer": tokenizer,
+        "tmp": tmp,
+        "uri": uri,
+        "ids": ids,
+        "labels": sample["labels"].astype(np.int64),
+        "reference": predict_ids(model, ids, tokenizer.pad_token_id),
+    }
 
 
-def test_onnx_matches_pytorch_on_padded_batches(tiny_registered, tmp_path):
+def test_onnx_matches_pytorch(tiny_registered, tmp_path):
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
     reference = predict_proba(t["model"], t["tokenizer"], TEXTS, t["config"].encoding)
-    runtime = OnnxTextClassifier(onnx_dir)
+    runtime = OnnxTextClassifier(onnx_dir, FP32_FILE)
     np.testing.assert_allclose(runtime.predict_proba(TEXTS), reference, atol=1e-5)
-    np.testing.assert_allclose(runtime.predict_proba(TEXTS[:1]), reference[:1], atol=1e-5)  # single-item path
+    np.testing.assert_allclose(runtime.predict_proba(TEXTS[:1]), reference[:1], atol=1e-5)  # single-text path
     assert runtime.label_names == ["neg", "pos"]
 
 
 def test_damaged_model_is_refused(tiny_registered, tmp_path):
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
-    graph = onnx.load(onnx_dir / "model.onnx")
+    graph = onnx.load(onnx_dir / FP32_FILE)
     # Negate the weights and bias of the affine layer that produces the logits (its initializers may be renamed by
     # the exporter), so every logit changes sign: a damaged model that loads and runs but answers wrongly.
     producers = {output: node for node in graph.graph.node for output in node.output}
@@ -71,13 +88,28 @@ def test_damaged_model_is_refused(tiny_registered, tmp_path):
             elif node.op_type == "Add" and name in producers and producers[name].op_type in ("MatMul", "Gemm"):
                 pending.append(producers[name])
     assert len(damaged) == 2, damaged  # weight and bias
-    onnx.save(graph, onnx_dir / "model.onnx")
-    registry = RegistryModel("tiny", "1", "run", {}, t["config"])
-    with pytest.raises(ParityError, match="fp32: agreement"):
-        check_parity(t["model"], t["tokenizer"], onnx_dir, registry, ExportConfig(parity_samples=32), ("fp32",))
+    onnx.save(graph, onnx_dir / FP32_FILE)
+    export = ExportConfig(int8_candidates=[], calibration_samples=0, timing_samples=4)
+    results = evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
+    with pytest.raises(ParityError, match="fp32 export disagrees"):
+        choose(results)
 
 
-def test_cli_exports_and_imports_into_the_bentoml_store(tiny_registered, tmp_path):
+def test_int8_that_misses_the_gate_falls_back_to_fp32(tiny_registered, tmp_path):
+    t = tiny_registered
+    onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
+    impossible = ExportConfig(
+        int8_candidates=["int8-dynamic", "int8-static-qdq"], min_agreement=1.01, calibration_samples=8, timing_samples=4
+    )
+    results = evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], impossible)
+    assert set(results) == {"fp32", "int8-dynamic", "int8-static-qdq"}
+    served, warning = choose(results)
+    assert served is None and "fp32 is served" in warning and "agreement" in warning
+    passing = ExportConfig(int8_candidates=["int8-dynamic"], min_agreement=0.0, max_accuracy_drop=1.0)
+    assert choose(evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], passing))[0] == "int8-dynamic"
+
+
+def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
     env = os.environ | {
         "MLFLOW_TRACKING_URI": tiny_registered["uri"],
         "BENTOML_HOME": str(tmp_path / "bentoml"),
@@ -87,35 +119,54 @@ def test_cli_exports_and_imports_into_the_bentoml_store(tiny_registered, tmp_pat
         sys.executable,
         "-m",
         "export.export",
-        "--model-uri",
-        "models:/tiny-sentiment@champion",
-        "--bento-model",
-        "tiny-onnx",
-        "--variant",
-        "fp32",
-        "--parity-samples",
-        "32",
+        "model_uri=models:/tiny-sentiment@champion",
+        "bento_model=tiny-onnx",
+        "min_agreement=0.0",
+        "max_accuracy_drop=1.0",
+        "calibration_samples=8",
+        "golden_size=8",
+        f"report={tmp_path / 'parity.json'}",
     ]
     result = subprocess.run(command, env=env, cwd=tiny_registered["tmp"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     (model_yaml,) = (tmp_path / "bentoml" / "models" / "tiny-onnx").glob("*/model.yaml")
     files = {p.name for p in model_yaml.parent.iterdir()}
-    assert {"model.onnx", "tokenizer.json", "classifier.json"} <= files
+    assert {FP32_FILE, INT8_FILE, GOLDEN_FILE, "tokenizer.json", "classifier.json"} <= files
     metadata = model_yaml.read_text()
-    assert "mlflow_version: '1'" in metadata and "agreement: 1.0" in metadata
-    info = json.loads((model_yaml.parent / "classifier.json").read_text())
-    assert info["encoding"]["truncation"] == "head_tail"
+    assert "mlflow_version: '1'" in metadata and "variant: int8-dynamic-ffn-fp32" in metadata
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["served"] == "int8-dynamic-ffn-fp32" and report["variants"]["fp32"]["agreement"] == 1.0
+    assert report["variants"]["fp32"]["n"] == len(tiny_registered["ids"]) - 8  # calibration rows held out
     again = subprocess.run(
         [*command, "--if-missing"], env=env, cwd=tiny_registered["tmp"], capture_output=True, text=True, check=False
     )
     assert again.returncode == 0 and "skipping export" in again.stdout
 
 
-def test_micro_batches_bound_padding():
-    lengths = [10, 200, 12, 190, 11, 100, 256]
-    groups = micro_batches(lengths, max_size=8, max_padding=0.15)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for group in groups:
-        padded = max(lengths[i] for i in group) * len(group)
-        assert 1 - sum(lengths[i] for i in group) / padded <= 0.15
-    assert [10, 11, 12] in [sorted(lengths[i] for i in g) for g in groups]
+def test_selfcheck_serves_fp32_when_int8_strays_on_this_cpu(tiny_registered, tmp_path):
+    t = tiny_registered
+    onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
+    evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], ExportConfig(int8_candidates=["int8-dynamic"]))
+    (onnx_dir / "int8-dynamic.onnx").rename(onnx_dir / INT8_FILE)
+    golden = t["ids"][:16]
+    fp32 = OnnxTextClassifier(onnx_dir, FP32_FILE).predict_ids(golden)
+    save_golden(onnx_dir / GOLDEN_FILE, golden, fp32)
+    runtime, check = load_classifier(onnx_dir, SelfCheckLimits(min_agreement=0.5, max_mean_abs_diff=0.5))
+    assert check.passed and check.served == "int8" and runtime.model_file == INT8_FILE
+    save_golden(onnx_dir / GOLDEN_FILE, golden, 1 - fp32)  # a reference this CPU's int8 cannot match
+    runtime, check = load_classifier(onnx_dir, SelfCheckLimits())
+    assert not check.passed and check.served == "fp32" and runtime.model_file == FP32_FILE
+    assert check.agreement < 0.5 and "golden reviews" in check.detail
+
+
+def test_a_prediction_does_not_depend_on_its_batch_mates(tiny_registered, tmp_path):
+    t = tiny_registered
+    onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
+    evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], ExportConfig(int8_candidates=["int8-dynamic"]))
+    for file in (FP32_FILE, "int8-dynamic.onnx"):
+        runtime = OnnxTextClassifier(onnx_dir, file, workers=2)
+        alone = np.concatenate([runtime.predict_ids([x]) for x in t["ids"][:12]])
+        together = runtime.predict_ids(t["ids"][:12])
+        shuffled = runtime.predict_ids(t["ids"][:12][::-1] + t["ids"][20:30])[:12][::-1]
+        np.testing.assert_allclose(together, alone, atol=1e-4)
+        np.testing.assert_allclose(shuffled, alone, atol=1e-4)

@@ -1,7 +1,7 @@
+from serving.text import EncodingConfig, clean_text, encode, tokenizer_from_file
 from training.config import BUNDLED_MODEL, resolve_checkpoint
-from training.text import EncodingConfig, clean_text, encode, load_tokenizer
 
-TOKENIZER = load_tokenizer(f"{resolve_checkpoint(BUNDLED_MODEL)}/tokenizer.json")
+TOKENIZER = tokenizer_from_file(f"{resolve_checkpoint(BUNDLED_MODEL)}/tokenizer.json")
 CLS, SEP = TOKENIZER.token_to_id("[CLS]"), TOKENIZER.token_to_id("[SEP]")
 
 
@@ -35,8 +35,8 @@ def test_head_and_tail_strategies():
 
 
 def test_training_and_serving_tokenizers_agree():
+    from serving.text import without_truncation
     from training.modeling import load_tokenizer as load_hf_tokenizer
-    from training.text import without_truncation
 
     texts = ["It was <br />dreadful.", "x " * 1000]
     hf = without_truncation(load_hf_tokenizer(BUNDLED_MODEL).backend_tokenizer)

@@ -1,5 +1,5 @@
-"""A tiny random BERT trained for a few steps on real IMDb reviews, end to end:
-LoRA -> adapter -> merge -> MLflow run + registry -> alias rules, rebuild from the adapter, resume after a kill."""
+"""A tiny random BERT trained for a few steps on real IMDb reviews, end to end: LoRA -> adapter -> evaluate ->
+register (MLflow run + registry, alias rules) -> rebuild from the adapter; resume after a kill with wall time summed."""
 
 import json
 from pathlib import Path
@@ -11,9 +11,12 @@ import torch
 from mlflow import MlflowClient
 from transformers import TrainerCallback
 
+import training.fit as fit_module
 from training.config import load_config
-from training.modeling import load_tokenizer, merged_from_adapter, predict_proba
-from training.registry import assign_alias
+from training.evaluate import evaluate
+from training.fit import WALL_TIME_FILE
+from training.modeling import PARITY_SAMPLE, load_tokenizer, merged_from_adapter, predict_proba
+from training.registry import assign_alias, register, validation_accuracy
 from training.train import run
 
 pytestmark = pytest.mark.timeout(600)
@@ -43,30 +46,38 @@ def tiny_config(tiny_checkpoint, data_dir, tmp_path, **overrides):
     return load_config(RELEASE_CONFIG, [f"{k}={v}" for k, v in values.items()])
 
 
-def test_lora_run_tracks_registers_and_rebuilds(tiny_checkpoint, data_dir, tmp_path, tracking_uri):
+def test_train_evaluate_register_and_rebuild(tiny_checkpoint, data_dir, tmp_path, tracking_uri):
     config = tiny_config(tiny_checkpoint, data_dir, tmp_path)
     summary = run(config)
     model_dir = Path(config.models_dir) / "tiny"
-    assert {"adapter_config.json", "adapter_model.safetensors", "config.yaml", "metrics.json"} <= {
+    assert {"adapter_config.json", "adapter_model.safetensors", "config.yaml", "metrics.json", PARITY_SAMPLE} <= {
         p.name for p in model_dir.iterdir()
     }
     adapter_config = json.loads((model_dir / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == tiny_checkpoint
-    assert json.loads((model_dir / "metrics.json").read_text())["n_test"] == 32
-    assert (Path(config.reports_dir) / "tiny" / "confusion_matrix.png").exists()
+    assert "test_accuracy" not in summary and summary["n_validation"] == 32  # train never looks at the test split
+    assert np.load(model_dir / PARITY_SAMPLE)["labels"].shape == (32,)
 
     client = MlflowClient(tracking_uri)
     mlflow_run = client.get_run(summary["mlflow_run_id"])
     assert mlflow_run.data.params["cfg.model.lora_r"] == "4"
     assert mlflow_run.data.params["data.fingerprint"] == summary["data_fingerprint"]
-    assert "test_accuracy" in mlflow_run.data.metrics and "git_commit" in mlflow_run.data.tags
+    assert "validation_accuracy" in mlflow_run.data.metrics and "git_commit" in mlflow_run.data.tags
     history = client.get_metric_history(summary["mlflow_run_id"], "eval_accuracy")
     assert len(history) >= 2  # evaluated during training, not only at the end
-    artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"])}
-    assert {"config.yaml", "evaluation", "metrics.json"} <= artifacts
 
-    version = client.get_model_version_by_alias("tiny-sentiment", "champion")
-    assert str(version.version) == summary["registered_version"] == "1"
+    test_scores = evaluate(model_dir, config)
+    assert test_scores["n_test"] == 32
+    assert json.loads((model_dir / "metrics.json").read_text())["test_accuracy"] == test_scores["test_accuracy"]
+    assert (Path(config.reports_dir) / "tiny" / "confusion_matrix.png").exists()
+
+    version, alias = register(model_dir, config)
+    assert (version, alias) == ("1", "champion")
+    registered_run = client.get_run(client.get_model_version("tiny-sentiment", "1").run_id)
+    assert {"config.yaml", "evaluation", PARITY_SAMPLE} <= {
+        a.path for a in client.list_artifacts(registered_run.info.run_id)
+    }
+    assert registered_run.data.metrics["test_accuracy"] == test_scores["test_accuracy"]
 
     # The registered model and the one rebuilt from base + committed adapter are the same model.
     label_names = ["neg", "pos"]
@@ -81,16 +92,32 @@ def test_lora_run_tracks_registers_and_rebuilds(tiny_checkpoint, data_dir, tmp_p
     )
 
 
-def test_champion_moves_only_on_better_validation(tiny_checkpoint, data_dir, tmp_path, tracking_uri):
+def test_champion_moves_only_on_better_validation(tracking_uri):
     client = MlflowClient(tracking_uri)
     client.create_registered_model("m")
     for _ in range(3):
         client.create_model_version("m", source="file:///nowhere")
-    assert assign_alias(client, "m", "1", 0.80) == "champion"
-    assert assign_alias(client, "m", "2", 0.79) == "challenger"  # worse: champion stays on 1
+    assert assign_alias(client, "m", "1", 0.80, "data:1000") == "champion"
+    assert assign_alias(client, "m", "2", 0.79, "data:1000") == "challenger"  # worse: champion stays on 1
     assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
-    assert assign_alias(client, "m", "3", 0.81) == "champion"
+    assert assign_alias(client, "m", "3", 0.81, "data:1000") == "champion"
     assert str(client.get_model_version_by_alias("m", "champion").version) == "3"
+
+
+def test_a_challenger_measured_on_another_split_is_compared_on_its_own(
+    tiny_checkpoint, data_dir, tmp_path, tracking_uri
+):
+    """The champion's tag names a different validation split: it is re-scored on the challenger's before comparing."""
+    first = tiny_config(tiny_checkpoint, data_dir, tmp_path / "a", **{"data.max_validation_samples": 16})
+    run(first)
+    assert register(Path(first.models_dir) / "tiny", first) == ("1", "champion")
+    second = tiny_config(tiny_checkpoint, data_dir, tmp_path / "b", **{"train.max_steps": 1})
+    model_dir = Path(second.models_dir) / "tiny"
+    run(second)
+    champion_on_this_split = validation_accuracy("models:/tiny-sentiment/1", model_dir / PARITY_SAMPLE)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    expected = "champion" if metrics["validation_accuracy"] > champion_on_this_split else "challenger"
+    assert register(model_dir, second) == ("2", expected)
 
 
 class KillAt(TrainerCallback):
@@ -106,23 +133,23 @@ def test_resumes_from_last_checkpoint_in_the_same_mlflow_run(
     tiny_checkpoint, data_dir, tmp_path, tracking_uri, monkeypatch
 ):
     config = tiny_config(tiny_checkpoint, data_dir, tmp_path, registered_model=None)
-    import training.train as train_module
-
-    original = train_module.Trainer
+    original = fit_module.Trainer
 
     def killed_trainer(*args, **kwargs):
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), KillAt(3)]
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "Trainer", killed_trainer)
+    monkeypatch.setattr(fit_module, "Trainer", killed_trainer)
     with pytest.raises(KeyboardInterrupt):
         run(config)
-    monkeypatch.setattr(train_module, "Trainer", original)
+    monkeypatch.setattr(fit_module, "Trainer", original)
     first_run_id = (config.run_dir / "mlflow_run_id").read_text()
     assert (config.run_dir / "checkpoint-2").exists() and not (config.run_dir / "checkpoint-4").exists()
+    first_segment_s = json.loads((config.run_dir / "checkpoint-2" / WALL_TIME_FILE).read_text())["wall_time_s"]
 
     summary = run(config)
-    assert summary["mlflow_run_id"] == first_run_id
+    assert summary["mlflow_run_id"] == first_run_id and summary["resumed_from_step"] == 2
     state = json.loads((config.run_dir / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+    assert summary["train_wall_time_s"] >= first_segment_s > 0  # the first segment's time is counted too
     assert torch.cuda.is_available() or "CPU" in summary["hardware"]

@@ -1,4 +1,1 @@
-"""Data, training, evaluation and registry code for the text classifier.
-
-Kept import-light: `training.text` is also imported by the serving image, which has no torch.
-"""
+"""Data, training, evaluation and the MLflow registry: everything that ends at a registered model version."""

@@ -5,7 +5,6 @@ Trained on the same train split and scored on the same test split as the experim
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -16,22 +15,18 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from training.config import flatten, load_config
+from serving.text import clean_text
+from training.config import RELEASE_CONFIG, ExperimentConfig, command_line, flatten
 from training.data import load_data
 from training.metrics import classification_metrics, scalar_metrics
 from training.registry import setup_tracking
-from training.text import clean_text
 
 VECTORIZER = {"ngram_range": (1, 2), "sublinear_tf": True, "min_df": 2, "max_features": 400_000}
 CLASSIFIER = {"C": 4.0, "max_iter": 2000}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, default=Path("training/configs/imdb-minilm-lora.yaml"))
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    config = load_config(args.config, args.overrides)
+    config, _ = command_line(ExperimentConfig, __doc__, default=RELEASE_CONFIG)
     data = load_data(config.data)
     train, validation, test = (data.splits[s] for s in ("train", "validation", "test"))
 

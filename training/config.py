@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from training.text import EncodingConfig
+from serving.text import EncodingConfig
 
+T = TypeVar("T")
+RELEASE_CONFIG = Path("training/configs/imdb-minilm-lora.yaml")
+RELEASE_MODEL_DIR = Path("models/imdb-minilm-lora")
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 
 
@@ -98,7 +102,7 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, values: dict[str, Any]) -> Any:
+def build(cls: type[T], values: dict[str, Any]) -> T:
     """Instantiate a (nested) dataclass from a dict, rejecting unknown keys."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -109,19 +113,15 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
     for key, value in values.items():
         nested = fields[key].default_factory if dataclasses.is_dataclass(fields[key].default_factory) else None
         if nested and isinstance(value, dict):
-            value = _build(nested, value)
+            value = build(nested, value)
         elif isinstance(value, str) and "float" in str(hints[key]):
             value = float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config and apply `section.key=value` overrides (values parsed as YAML)."""
-    return config_from_dict(yaml.safe_load(Path(path).read_text()) if path else {}, overrides)
-
-
-def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
+def apply_overrides(values: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a nested dict."""
     for override in overrides or []:
         key, sep, raw = override.partition("=")
         if not sep:
@@ -131,7 +131,53 @@ def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None)
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = yaml.safe_load(raw)
-    return _build(ExperimentConfig, values)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config and apply `section.key=value` overrides."""
+    return config_from_dict(yaml.safe_load(Path(path).read_text()) if path else {}, overrides)
+
+
+def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
+    return build(ExperimentConfig, apply_overrides(values, overrides))
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """`key: type = default` for every field, nested sections flattened with dots (for `--help`)."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):
+            lines += describe(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            lines.append(f"  {prefix}{f.name}: {getattr(hints[f.name], '__name__', hints[f.name])} = {default!r}")
+    return lines
+
+
+def command_line(
+    cls: type[T], doc: str, source: str = "--config", default: Path | None = None, flags: dict[str, str] | None = None
+) -> tuple[T, argparse.Namespace]:
+    """The one command-line surface: `--config FILE` (or `--model-dir DIR` holding config.yaml) + `key=value`.
+
+    `flags` adds boolean options (name -> help). Returns the config and the parsed arguments (`source` is the path
+    given); `--help` lists every field with its default.
+    """
+    parser = argparse.ArgumentParser(
+        description=doc,
+        epilog="fields (key=value, values parsed as YAML):\n" + "\n".join(describe(cls)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = "a folder with config.yaml" if source == "--model-dir" else "a YAML file of these fields"
+    parser.add_argument(source, dest="source", type=Path, default=default, help=f"{what} (default: {default})")
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. train.learning_rate=3e-4")
+    args = parser.parse_args()
+    path = args.source / "config.yaml" if source == "--model-dir" and args.source else args.source
+    values = yaml.safe_load(path.read_text()) if path else {}
+    return build(cls, apply_overrides(values, args.overrides)), args
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -4,7 +4,6 @@ overlap and the most telling n-grams per class. Writes `reports/eda/<dataset>/ED
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -15,10 +14,10 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import CountVectorizer
 
-from training.config import load_config
+from serving.text import clean_text, without_truncation
+from training.config import RELEASE_CONFIG, ExperimentConfig, command_line
 from training.data import read_splits
 from training.modeling import load_tokenizer
-from training.text import clean_text, without_truncation
 
 CUTS = (128, 256, 512)
 
@@ -73,11 +72,7 @@ def plot_balance(frames: dict[str, pd.DataFrame], label_names: list[str], path: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, default=Path("training/configs/imdb-minilm-lora.yaml"))
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    config = load_config(args.config, args.overrides)
+    config, _ = command_line(ExperimentConfig, __doc__, default=RELEASE_CONFIG)
     data = read_splits(config.data)
     names = data.label_names
     out = Path(config.reports_dir) / "eda" / config.data.name

@@ -1,12 +1,11 @@
 """Evaluation reports: metrics, confusion matrix, error analysis, and the baseline side by side.
 
-`python -m training.evaluate --model-dir models/imdb-minilm-lora` rebuilds the committed model and scores it
-on the test split; `training.train` calls `write_report` at the end of every run.
+`python -m training.evaluate --model-dir models/imdb-minilm-lora` rebuilds the committed model, scores it on the
+test split (the only place that does) and adds the test scores to the model's `metrics.json`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line
 from training.metrics import classification_metrics
 
 LENGTH_BINS = [0, 128, 256, 512, 1024, 100_000]  # in words
@@ -141,32 +141,29 @@ def load_baseline(reports_dir: Path, dataset: str) -> dict[str, Any] | None:
     return {**baseline["test"], "n_train": baseline["n_train"]}
 
 
-def main() -> None:
-    from training.config import load_config
+def evaluate(model_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
+    """Rebuild base + adapter, score the test split, write the report and add the test scores to metrics.json."""
     from training.data import load_data
     from training.modeling import load_tokenizer, merged_from_adapter, predict_proba
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", default="models/imdb-minilm-lora", help="committed adapter + config.yaml")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.max_test_samples=2000")
-    args = parser.parse_args()
-    model_dir = Path(args.model_dir)
-    config = load_config(model_dir / "config.yaml", args.overrides)
     data = load_data(config.data)
     model = merged_from_adapter(model_dir, config.model.checkpoint, data.label_names)
     test = data.splits["test"]
     probs = predict_proba(model, load_tokenizer(config.model.checkpoint), test["text"], config.encoding)
+    baseline = load_baseline(Path(config.reports_dir), config.data.name)
     out_dir = Path(config.reports_dir) / config.name
     metrics = write_report(
-        config.name,
-        test["text"],
-        np.array(test["label"]),
-        probs,
-        data.label_names,
-        out_dir,
-        load_baseline(Path(config.reports_dir), config.data.name),
+        config.name, test["text"], np.array(test["label"]), probs, data.label_names, out_dir, baseline
     )
-    print(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "n")}))
+    test_scores = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"], "n_test": metrics["n"]}
+    summary_path = model_dir / "metrics.json"
+    summary_path.write_text(json.dumps(json.loads(summary_path.read_text()) | test_scores, indent=2) + "\n")
+    return test_scores
+
+
+def main() -> None:
+    config, args = command_line(ExperimentConfig, __doc__, source="--model-dir", default=RELEASE_MODEL_DIR)
+    print(json.dumps(evaluate(args.source, config)))
 
 
 if __name__ == "__main__":

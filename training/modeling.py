@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from training.config import ModelConfig, resolve_checkpoint
-from training.text import EncodingConfig, encode, without_truncation
+from serving.text import EncodingConfig, encode, pack_ids, without_truncation
+from training.config import ExperimentConfig, ModelConfig, resolve_checkpoint
 
 
 def device() -> torch.device:
@@ -28,6 +29,7 @@ def load_base_model(checkpoint: str, label_names: list[str]) -> PreTrainedModel:
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
+        dtype=torch.float32,  # also when the checkpoint is stored in fp16 (the GPU bundle's copy)
     )
 
 
@@ -58,6 +60,16 @@ def save_adapter(model: PeftModel, directory: Path, checkpoint: str) -> None:
     config_path.write_text(json.dumps(adapter_config, indent=2) + "\n")
 
 
+def save_trained(model: PreTrainedModel, config: ExperimentConfig, model_dir: Path) -> None:
+    """`models/<name>/`: the LoRA adapter (or the full model) and the config that rebuilds it."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if config.model.method == "lora":
+        save_adapter(model, model_dir, config.model.checkpoint)
+    else:
+        model.save_pretrained(model_dir)
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
 def merged_from_adapter(adapter_dir: Path, checkpoint: str, label_names: list[str]) -> PreTrainedModel:
     """Rebuild the merged model exactly: base weights + committed adapter, LoRA folded in."""
     base = load_base_model(checkpoint, label_names)
@@ -65,6 +77,24 @@ def merged_from_adapter(adapter_dir: Path, checkpoint: str, label_names: list[st
 
 
 @torch.inference_mode()
+def predict_ids(model: PreTrainedModel, ids: list[list[int]], pad_token_id: int, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities for encoded texts, batching length-sorted sequences so padding costs little."""
+    model = model.to(device()).eval()
+    order = np.argsort([len(x) for x in ids])
+    probs = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+            attention_mask[row, : len(ids[i])] = 1
+        logits = model(input_ids=input_ids.to(device()), attention_mask=attention_mask.to(device())).logits.float()
+        probs[chunk] = torch.softmax(logits, dim=-1).cpu().numpy()
+    return probs
+
+
 def predict_proba(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -72,14 +102,17 @@ def predict_proba(
     encoding: EncodingConfig,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Class probabilities for `texts`, batching length-sorted texts so padding costs little."""
-    model = model.to(device()).eval()
+    """Class probabilities for `texts`, encoded exactly as the service encodes them."""
     ids = encode(texts, without_truncation(tokenizer.backend_tokenizer), encoding)
-    order = np.argsort([len(x) for x in ids])
-    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(device())
-        logits = model(**batch).logits.float()
-        probs[chunk] = torch.softmax(logits, dim=-1).cpu().numpy()
-    return probs
+    return predict_ids(model, ids, tokenizer.pad_token_id, batch_size)
+
+
+PARITY_SAMPLE = "parity_sample.npz"
+
+
+def save_parity_sample(
+    texts: list[str], labels: list[int], tokenizer: PreTrainedTokenizerBase, encoding: EncodingConfig, path: Path
+) -> None:
+    """The validation split as token ids beside the model: the export's parity gate needs no dataset."""
+    ids = encode(texts, without_truncation(tokenizer.backend_tokenizer), encoding)
+    np.savez_compressed(path, **pack_ids(ids), labels=np.asarray(labels, dtype=np.int8))

@@ -1,16 +1,31 @@
-"""MLflow tracking setup, model logging/registration, and the champion/challenger alias rule."""
+"""The MLflow registry: the only writer of model versions and their champion/challenger aliases.
+
+    python -m training.registry --model-dir models/imdb-minilm-lora [--if-missing]
+
+Rebuilds the merged model from base + the committed adapter, logs it with its config, metrics, evaluation report
+and parity sample, and registers it. A new version becomes `challenger`; it is promoted to `champion` only if it
+beats the champion on the same validation split (the champion is re-scored when its tag names another split).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import mlflow
+import numpy as np
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from serving.text import unpack_ids
+from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line, flatten
+from training.modeling import PARITY_SAMPLE, load_tokenizer, merged_from_adapter, predict_ids
+
 CHAMPION, CHALLENGER = "champion", "challenger"
-SELECTION_METRIC = "validation_accuracy"
+SELECTION_METRIC, SELECTION_SET = "validation_accuracy", "validation_set"
 
 
 def setup_tracking(experiment: str | None = None) -> None:
@@ -20,17 +35,46 @@ def setup_tracking(experiment: str | None = None) -> None:
         mlflow.set_experiment(experiment)
 
 
-def log_and_register(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    registered_name: str,
-    validation_accuracy: float,
-    example_text: str,
-) -> tuple[str, str]:
-    """Log the merged model to the active run (transformers flavor), register it and set its alias.
+def champion_version(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
 
-    Returns the new version and the alias it received.
-    """
+
+def validation_accuracy(model_uri: str, sample: Path) -> float:
+    """Accuracy of a registered model on a parity sample (token ids + labels of a validation split)."""
+    components = mlflow.transformers.load_model(model_uri, return_type="components")
+    data = np.load(sample)
+    ids = unpack_ids(data["ids"], data["offsets"])
+    probs = predict_ids(components["model"], ids, components["tokenizer"].pad_token_id)
+    return float((probs.argmax(1) == data["labels"]).mean())
+
+
+def assign_alias(
+    client: MlflowClient, name: str, version: str, accuracy: float, validation_set: str, sample: Path | None = None
+) -> str:
+    """Tag `version` with its validation accuracy; `champion` moves to it only if it beats the champion's on the
+    same validation set (re-scored from `sample` when the champion was measured on another), else `challenger`."""
+    client.set_model_version_tag(name, version, SELECTION_METRIC, f"{accuracy:.6f}")
+    client.set_model_version_tag(name, version, SELECTION_SET, validation_set)
+    champion = champion_version(client, name)
+    if champion is None:
+        best = float("-inf")
+    elif champion.tags.get(SELECTION_SET) == validation_set or sample is None:
+        best = float(champion.tags.get(SELECTION_METRIC, "-inf"))
+    else:
+        best = validation_accuracy(f"models:/{name}/{champion.version}", sample)
+        print(f"champion v{champion.version} re-scored on this validation set: {best:.4f}")
+    alias = CHAMPION if accuracy > best else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    return alias
+
+
+def log_and_register(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, registered_name: str, example_text: str
+) -> str:
+    """Log the merged model to the active run (transformers flavor) and register it; returns the version."""
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         task="text-classification",
@@ -39,19 +83,59 @@ def log_and_register(
         registered_model_name=registered_name,
         pip_requirements=["torch", "transformers", "tokenizers"],
     )
-    version = str(info.registered_model_version)
-    return version, assign_alias(MlflowClient(), registered_name, version, validation_accuracy)
+    return str(info.registered_model_version)
 
 
-def assign_alias(client: MlflowClient, name: str, version: str, validation_accuracy: float) -> str:
-    """Tag `version` with its validation accuracy; `champion` moves to it only if that beats the current
-    champion's, otherwise it becomes `challenger`."""
-    client.set_model_version_tag(name, version, SELECTION_METRIC, f"{validation_accuracy:.6f}")
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-        best = float(champion.tags.get(SELECTION_METRIC, "-inf"))
-    except MlflowException:
-        best = float("-inf")
-    alias = CHAMPION if validation_accuracy > best else CHALLENGER
-    client.set_registered_model_alias(name, alias, version)
-    return alias
+def register(model_dir: Path, config: ExperimentConfig) -> tuple[str, str]:
+    """Register `models/<name>/` (adapter, config, metrics, parity sample); returns the version and its alias."""
+    summary = json.loads((model_dir / "metrics.json").read_text())
+    model = merged_from_adapter(model_dir, config.model.checkpoint, summary["label_names"])
+    setup_tracking(config.data.name)
+    with mlflow.start_run(run_name=f"register-{config.name}"):
+        mlflow.log_params(flatten(config.to_dict(), "cfg."))
+        mlflow.log_metrics({k: v for k, v in summary.items() if k.startswith(("test_", "validation_"))})
+        mlflow.set_tags(
+            {
+                "source": f"rebuilt from {model_dir}",
+                "trained_run_id": summary.get("mlflow_run_id", ""),
+                "hardware": summary["hardware"],
+            }
+        )
+        mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
+        mlflow.log_artifact(str(model_dir / PARITY_SAMPLE))
+        report_dir = Path(config.reports_dir) / config.name
+        if report_dir.exists():
+            mlflow.log_artifacts(str(report_dir), "evaluation")
+        version = log_and_register(
+            model, load_tokenizer(config.model.checkpoint), config.registered_model, "A moving, beautifully acted film."
+        )
+    validation_set = f"{summary['data_fingerprint']}:{summary['n_validation']}"
+    alias = assign_alias(
+        MlflowClient(),
+        config.registered_model,
+        version,
+        summary["validation_accuracy"],
+        validation_set,
+        model_dir / PARITY_SAMPLE,
+    )
+    return version, alias
+
+
+def main() -> None:
+    config, args = command_line(
+        ExperimentConfig,
+        __doc__,
+        source="--model-dir",
+        default=RELEASE_MODEL_DIR,
+        flags={"--if-missing": "skip when the registry already has a champion"},
+    )
+    setup_tracking()
+    if args.if_missing and champion_version(MlflowClient(), config.registered_model):
+        print(f"{config.registered_model}@{CHAMPION} exists; skipping")
+        return
+    version, alias = register(args.source, config)
+    print(f"registered {config.registered_model} v{version} as {alias}")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from tokenizers import Tokenizer
 
 Truncation = Literal["head", "tail", "head_tail"]
@@ -64,6 +65,17 @@ def without_truncation(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def tokenizer_from_file(path: str | Path) -> Tokenizer:
     """Load a `tokenizer.json` ready for `encode`."""
     return without_truncation(Tokenizer.from_file(str(path)))
+
+
+def pack_ids(ids: list[list[int]]) -> dict[str, np.ndarray]:
+    """Token-id sequences as one flat array plus offsets: compact in .npz files (golden sets, parity samples)."""
+    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]) if ids else np.zeros(0, np.int64)
+    dtype = np.uint16 if flat.size == 0 or flat.max() <= np.iinfo(np.uint16).max else np.int32
+    return {"ids": flat.astype(dtype), "offsets": np.cumsum([0, *map(len, ids)])}
+
+
+def unpack_ids(flat: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+    return [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]

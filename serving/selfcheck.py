@@ -1,0 +1,67 @@
+"""Parity checked on the CPU that serves: int8 kernels (and so int8 numerics) differ between CPU families.
+
+The export ships the fp32 file, the int8 file that passed its gate, and a golden set (token ids of validation
+reviews with the fp32 probabilities). At start the service scores the golden set with int8 on its own CPU; below
+the limits it logs an error and serves fp32 instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.runtime import OnnxTextClassifier, cpu_flags
+from serving.text import pack_ids, unpack_ids
+
+FP32_FILE, INT8_FILE, GOLDEN_FILE = "model.onnx", "model.int8.onnx", "golden.npz"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SelfCheckLimits:
+    """How far int8 may stray from fp32 on the golden set (64 reviews: one flipped label is 1.6%)."""
+
+    min_agreement: float = 0.98
+    max_mean_abs_diff: float = 0.01
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    served: str  # "int8" or "fp32"
+    agreement: float | None  # int8 vs fp32 on the golden set, None when no int8 file shipped
+    mean_abs_diff: float | None
+    n: int
+    passed: bool
+    detail: str
+    cpu: str = field(default_factory=cpu_flags)  # the flags that decide ORT's int8 kernels on this machine
+
+
+def save_golden(path: Path, ids: list[list[int]], fp32_probabilities: np.ndarray) -> None:
+    np.savez_compressed(path, **pack_ids(ids), probabilities=fp32_probabilities.astype(np.float32))
+
+
+def load_classifier(
+    model_dir: str | Path, limits: SelfCheckLimits, workers: int | None = None
+) -> tuple[OnnxTextClassifier, SelfCheck]:
+    """int8 if it ships and matches fp32 on this CPU, else fp32; and what the check measured."""
+    model_dir = Path(model_dir)
+    if not (model_dir / INT8_FILE).exists():
+        fp32 = OnnxTextClassifier(model_dir, FP32_FILE, workers)
+        return fp32, SelfCheck("fp32", None, None, 0, False, "no int8 file passed the export's parity gate")
+    golden = np.load(model_dir / GOLDEN_FILE)
+    int8 = OnnxTextClassifier(model_dir, INT8_FILE, workers)
+    reference = golden["probabilities"]
+    probabilities = int8.predict_ids(unpack_ids(golden["ids"], golden["offsets"]))
+    agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
+    mean_abs_diff = float(np.abs(probabilities - reference).mean())
+    passed = agreement >= limits.min_agreement and mean_abs_diff <= limits.max_mean_abs_diff
+    measured = f"agreement {agreement:.4f} (min {limits.min_agreement}), mean |dp| {mean_abs_diff:.4f} "
+    measured += f"(max {limits.max_mean_abs_diff}) on {len(reference)} golden reviews"
+    check = SelfCheck("int8" if passed else "fp32", agreement, mean_abs_diff, len(reference), passed, measured)
+    if passed:
+        return int8, check
+    log.error("int8 self-check failed on this CPU, serving fp32: %s", measured)
+    return OnnxTextClassifier(model_dir, FP32_FILE, workers), check

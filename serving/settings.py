@@ -1,0 +1,40 @@
+"""Service settings: one dataclass, built from the environment in one place (`ServiceSettings.from_env`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+PARSERS = {"str": str, "int": int, "bool": lambda raw: raw.strip().lower() in ("1", "true", "yes")}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Every knob of the service; the environment variable of a field is its name in upper case."""
+
+    bento_model_tag: str = "imdb-sentiment-onnx:latest"
+    max_text_chars: int = 50_000
+    max_batch_texts: int = 64  # texts per /predict_batch request
+    # Adaptive batching: BentoML answers 503 once a request has waited max_latency_ms, so the deadline sits far
+    # above the 100 ms target (make benchmark sweeps it). A /predict_batch request is one item of up to
+    # max_batch_texts texts, so a batch must hold at least that many or it can never be scheduled.
+    max_batch_size: int = 64
+    max_latency_ms: int = 2000
+    classify_timeout_s: int = 3  # beyond the batching deadline, how long a call to the classifier may take
+    max_in_flight: int = 48  # requests past this get a fast 503 + Retry-After instead of a long queue
+    adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ONNX Runtime threads
+    log_text: bool = False  # raw review text in the request log
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = PARSERS[f.type](raw)
+        settings = cls(**values)
+        return dataclasses.replace(settings, max_batch_size=max(settings.max_batch_size, settings.max_batch_texts))

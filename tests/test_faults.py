@@ -1,0 +1,120 @@
+"""Fault drills against a server of their own: kill -9 of each worker under load, and overload.
+
+What must hold: while a worker is down, /health says 503 and requests fail fast (no hang); 200 is back within 10 s;
+past the admission limit, requests get a fast 503 with Retry-After, none times out, and the service recovers.
+"""
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+
+from loadtests.common import bentoml_serve, running
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(600)
+REVIEW = "The plot was thin but the acting carried it; I would watch it again."
+FAIL_FAST_S = 8.0  # a failing request answers within deadline (2 s batching + 3 s) + slack; no 60 s hang
+RECOVERY_S = 10.0
+
+
+@pytest.fixture
+def own_server():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(bentoml_serve(port), f"{url}/health", {"BENTOML_HOME": os.environ["BENTOML_HOME"]}) as process:
+        yield url, process
+
+
+def worker_of(server: subprocess.Popen, service: str) -> psutil.Process:
+    """The worker process serving `service` among the server's descendants (its command line names it)."""
+    for child in psutil.Process(server.pid).children(recursive=True):
+        if service in " ".join(child.cmdline()):
+            return child
+    raise LookupError(f"no worker for {service}")
+
+
+class Load:
+    """Background clients sending /predict; records (start time, seconds, status) of every request."""
+
+    def __init__(self, url: str, clients: int):
+        self.url, self.results, self.stop = url, [], threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                status = requests.post(f"{self.url}/predict", json={"text": REVIEW}, timeout=30).status_code
+            except requests.ConnectionError:
+                status = "refused"
+            except requests.Timeout:
+                status = "timeout"
+            self.results.append((started, time.monotonic() - started, status))
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(35)
+
+
+@pytest.mark.parametrize("service", ["onnx-classifier", "sentiment-api"])
+def test_kill_9_of_a_worker_under_load(own_server, service):
+    url, process = own_server
+    victim = worker_of(process, service)
+    with Load(url, clients=4) as load:
+        time.sleep(2)
+        killed = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        health_during = []
+        while True:
+            try:
+                health = requests.get(f"{url}/health", timeout=FAIL_FAST_S)
+                health_during.append(health.status_code)
+                if health.status_code == 200 and time.monotonic() - killed > 0.5:
+                    break
+            except requests.ConnectionError:
+                health_during.append("refused")
+            assert time.monotonic() - killed < RECOVERY_S + 5, f"not healthy again: {health_during[-5:]}"
+            time.sleep(0.1)
+        recovered = time.monotonic() - killed
+        time.sleep(1)
+    after_kill = [r for r in load.results if r[0] >= killed]
+    failed = [r for r in after_kill if r[2] != 200]
+    print(f"{service}: healthy again after {recovered:.1f} s; {len(failed)} of {len(after_kill)} requests failed")
+    assert recovered < RECOVERY_S
+    assert 503 in health_during or "refused" in health_during  # /health noticed the worker was gone
+    assert all(seconds < FAIL_FAST_S for _, seconds, _ in failed), failed  # no hang
+    assert all(status in (503, "refused") for _, _, status in failed), failed
+    assert requests.post(f"{url}/predict", json={"text": REVIEW}).status_code == 200
+
+
+def test_overload_gets_fast_503s_with_retry_after_and_recovers(own_server):
+    url, _ = own_server
+    long_review = REVIEW * 20
+
+    def one(_):
+        started = time.monotonic()
+        response = requests.post(f"{url}/predict", json={"text": long_review}, timeout=60)
+        return response.status_code, response.headers.get("retry-after"), time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(one, range(256)))
+    statuses = [status for status, _, _ in results]
+    print({s: statuses.count(s) for s in set(statuses)})
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(503) > 0 and statuses.count(200) > 0
+    assert all(retry == "1" for status, retry, _ in results if status == 503)
+    assert max(seconds for status, _, seconds in results if status == 503) < FAIL_FAST_S
+    assert requests.post(f"{url}/predict", json={"text": REVIEW}).status_code == 200  # recovered
