@@ -9,7 +9,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install lint eda baseline train remote-pack remote-finish compare evaluate register export model serve build \
+.PHONY: install lint eda baseline train remote-pack remote-finish compare evaluate evaluate-served register export model serve build \
 	containerize test-container test-compose \
 	loadtest benchmark soak report mlflow-ui notebook test all
 
@@ -45,6 +45,9 @@ compare:  ## LoRA r16 all-linear vs LoRA r4 query/value vs full fine-tuning, on 
 
 evaluate:  ## the only test scorer: rebuild the committed model, score the test split -> reports/<name>/, metrics.json
 	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) $(ARGS)
+
+evaluate-served:  ## the served ONNX files (int8 and fp32 fallback) on the test split -> reports/<name>/served.json
+	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) --served
 
 register:  ## the only registry writer: committed adapter -> MLflow version, champion/challenger gate
 	$(PYTHON) -m training.registry --model-dir $(MODEL_DIR)

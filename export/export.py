@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from optimum.exporters.onnx import main_export
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from export.quantize import RECIPES, quantize
+from export.quantize import DEFAULT, RECIPES, quantize
 from serving.runtime import CONFIG_FILE, TOKENIZER_FILE, OnnxTextClassifier, cpu_flags
 from serving.selfcheck import FP32_FILE, GOLDEN_FILE, INT8_FILE, SelfCheckLimits, save_golden
 from serving.text import unpack_ids
@@ -47,7 +47,7 @@ class ExportConfig:
 
     model_uri: str = "models:/imdb-sentiment@champion"
     bento_model: str = "imdb-sentiment-onnx"
-    int8_candidates: list[str] = field(default_factory=lambda: ["int8-dynamic-ffn-fp32"])  # keys of RECIPES
+    int8_candidates: list[str] = field(default_factory=lambda: [DEFAULT])  # keys of RECIPES
     min_agreement: float = 0.995  # int8: argmax agreement with PyTorch
     max_accuracy_drop: float = 0.002  # int8: 0.2 point
     fp32_max_abs_diff: float = 1e-3  # fp32 must reproduce PyTorch's probabilities: anything more is a broken export
@@ -148,6 +148,8 @@ def evaluate_variants(
     onnx_dir: Path, reference: np.ndarray, ids: list[list[int]], labels: np.ndarray, export: ExportConfig
 ) -> dict[str, dict]:
     """Parity and speed of fp32 and every int8 candidate; each entry says whether it passed the gate."""
+    if export.calibration_samples >= len(ids):
+        raise ValueError(f"a parity sample of {len(ids)} reviews cannot hold out {export.calibration_samples}")
     gated = slice(0, len(ids) - export.calibration_samples)
     files = {"fp32": FP32_FILE} | {name: f"{name}.onnx" for name in export.int8_candidates}
     results = {}

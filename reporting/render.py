@@ -38,7 +38,7 @@ def _missing(command: str) -> str:
     return f"_Not measured yet: run `{command}`._"
 
 
-def accuracy_section(metrics: dict, evaluation: dict | None, parity: dict | None) -> str:
+def accuracy_section(metrics: dict, evaluation: dict | None, parity: dict | None, served: dict | None) -> str:
     lines = ["| model | accuracy | macro F1 | n | source |", "|---|---|---|---|---|"]
     lines.append(
         f"| {metrics['name']}, PyTorch fp32 (test split) | {metrics['test_accuracy']:.4f} "
@@ -50,6 +50,8 @@ def accuracy_section(metrics: dict, evaluation: dict | None, parity: dict | None
             f"| TF-IDF + logistic regression (test split) | {b['accuracy']:.4f} | {b['macro_f1']:.4f} "
             f"| {b['n']} | `reports/imdb/baseline.json` |"
         )
+    if served_row(served):
+        lines.append(served_row(served).replace("{name}", metrics["name"]).replace(" |", " | |", 2)[:-1] + "|")
     if parity:
         for variant, p in parity["variants"].items():
             served = ", served" if variant == parity["served"] else ""
@@ -160,7 +162,19 @@ def base_model_facts(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-def readme_results(metrics: dict, evaluation, parity, benchmark, loadtest, container) -> str:
+def served_row(served: dict | None, name: str) -> str | None:
+    if not served:
+        return None
+    files = {file: r for file, r in served.items() if file.endswith(".onnx")}
+    scores = " / ".join(f"{file} {r['accuracy']:.4f}" for file, r in files.items())
+    n = next(iter(files.values()))["n"]
+    return (
+        f"| ONNX files in the BentoML store, test accuracy ({n:,} reviews, `{served['cpu']}`) | {scores} "
+        f"| `reports/{name}/served.json` |"
+    )
+
+
+def readme_results(metrics: dict, evaluation, parity, benchmark, loadtest, container, served) -> str:
     """The README's results table, so the numbers there are never typed by hand."""
     rows = ["| measure | value | source |", "|---|---|---|"]
     rows.append(
@@ -173,11 +187,13 @@ def readme_results(metrics: dict, evaluation, parity, benchmark, loadtest, conta
             f"| TF-IDF + logistic regression trained on {baseline['n_train']:,} reviews (the model: "
             f"{metrics['n_train']:,}) | {baseline['accuracy']:.4f} | `reports/imdb/baseline.json` |"
         )
+    if served:
+        rows.append(served_row(served, metrics["name"]))
     if parity:
-        served = parity["variants"][parity["served"]]
+        chosen = parity["variants"][parity["served"]]
         rows.append(
-            f"| ONNX served: {parity['served']}, accuracy (agreement with PyTorch) on {served['n']:,} validation "
-            f"reviews; ms/review | {served['accuracy']:.4f} ({served['agreement']:.4f}); {served['ms_per_review']:.1f} "
+            f"| ONNX served: {parity['served']}, accuracy (agreement with PyTorch) on {chosen['n']:,} validation "
+            f"reviews; ms/review | {chosen['accuracy']:.4f} ({chosen['agreement']:.4f}); {chosen['ms_per_review']:.1f} "
             f"| `reports/export/parity.json` |"
         )
     if benchmark:
@@ -231,11 +247,12 @@ def main() -> None:
     soak = _load(REPORTS / "soak" / "soak.json")
     container = _load(REPORTS / "container" / "container.json")
     compose = _load(REPORTS / "container" / "compose.json")
+    served = _load(REPORTS / config.name / "served.json")
     performance = TEMPLATES.get_template("PERFORMANCE.md.j2").render(
         metrics=metrics,
         config=config,
         serving_machine=serving_machine(benchmark),
-        accuracy=accuracy_section(metrics, evaluation, parity),
+        accuracy=accuracy_section(metrics, evaluation, parity, served),
         comparison=comparison_section(),
         benchmark=benchmark_section(benchmark),
         loadtest=loadtest_section(loadtest),
@@ -255,7 +272,8 @@ def main() -> None:
         training=training_section(metrics),
     )
     (MODEL_DIR / "MODEL_CARD.md").write_text(card)
-    replace_between(README, "results", readme_results(metrics, evaluation, parity, benchmark, loadtest, container))
+    results = readme_results(metrics, evaluation, parity, benchmark, loadtest, container, served)
+    replace_between(README, "results", results)
     print(f"wrote {REPORTS / 'PERFORMANCE.md'}, {MODEL_DIR / 'MODEL_CARD.md'} and the results table in {README}")
 
 

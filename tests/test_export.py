@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import requests
 from onnx import numpy_helper
 
 from export.export import ExportConfig, ParityError, choose, evaluate_variants, export_onnx
+from export.quantize import DEFAULT
 from serving.runtime import OnnxTextClassifier
 from serving.selfcheck import FP32_FILE, GOLDEN_FILE, INT8_FILE, SelfCheckLimits, load_classifier, save_golden
 from tests.test_training_pipeline import tiny_config
@@ -105,7 +107,9 @@ def test_int8_that_misses_the_gate_falls_back_to_fp32(tiny_registered, tmp_path)
     assert set(results) == {"fp32", "int8-dynamic", "int8-static-qdq"}
     served, warning = choose(results)
     assert served is None and "fp32 is served" in warning and "agreement" in warning
-    passing = ExportConfig(int8_candidates=["int8-dynamic"], min_agreement=0.0, max_accuracy_drop=1.0)
+    passing = ExportConfig(
+        int8_candidates=["int8-dynamic"], min_agreement=0.0, max_accuracy_drop=1.0, calibration_samples=8
+    )
     assert choose(evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], passing))[0] == "int8-dynamic"
 
 
@@ -133,9 +137,9 @@ def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
     files = {p.name for p in model_yaml.parent.iterdir()}
     assert {FP32_FILE, INT8_FILE, GOLDEN_FILE, "tokenizer.json", "classifier.json"} <= files
     metadata = model_yaml.read_text()
-    assert "mlflow_version: '1'" in metadata and "variant: int8-dynamic-ffn-fp32" in metadata
+    assert "mlflow_version: '1'" in metadata and f"variant: {DEFAULT}" in metadata
     report = json.loads((tmp_path / "parity.json").read_text())
-    assert report["served"] == "int8-dynamic-ffn-fp32" and report["variants"]["fp32"]["agreement"] == 1.0
+    assert report["served"] == DEFAULT and report["variants"]["fp32"]["agreement"] == 1.0
     assert report["variants"]["fp32"]["n"] == len(tiny_registered["ids"]) - 8  # calibration rows held out
     again = subprocess.run(
         [*command, "--if-missing"], env=env, cwd=tiny_registered["tmp"], capture_output=True, text=True, check=False
@@ -146,7 +150,8 @@ def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
 def test_selfcheck_serves_fp32_when_int8_strays_on_this_cpu(tiny_registered, tmp_path):
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
-    evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], ExportConfig(int8_candidates=["int8-dynamic"]))
+    export = ExportConfig(int8_candidates=["int8-dynamic"], calibration_samples=8, timing_samples=4)
+    evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
     (onnx_dir / "int8-dynamic.onnx").rename(onnx_dir / INT8_FILE)
     golden = t["ids"][:16]
     fp32 = OnnxTextClassifier(onnx_dir, FP32_FILE).predict_ids(golden)
@@ -162,7 +167,8 @@ def test_selfcheck_serves_fp32_when_int8_strays_on_this_cpu(tiny_registered, tmp
 def test_a_prediction_does_not_depend_on_its_batch_mates(tiny_registered, tmp_path):
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
-    evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], ExportConfig(int8_candidates=["int8-dynamic"]))
+    export = ExportConfig(int8_candidates=["int8-dynamic"], calibration_samples=8, timing_samples=4)
+    evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
     for file in (FP32_FILE, "int8-dynamic.onnx"):
         runtime = OnnxTextClassifier(onnx_dir, file, workers=2)
         alone = np.concatenate([runtime.predict_ids([x]) for x in t["ids"][:12]])
@@ -170,3 +176,35 @@ def test_a_prediction_does_not_depend_on_its_batch_mates(tiny_registered, tmp_pa
         shuffled = runtime.predict_ids(t["ids"][:12][::-1] + t["ids"][20:30])[:12][::-1]
         np.testing.assert_allclose(together, alone, atol=1e-4)
         np.testing.assert_allclose(shuffled, alone, atol=1e-4)
+
+
+def test_a_service_whose_int8_was_refused_serves_fp32_and_says_so(tiny_registered, tmp_path):
+    """The whole path: export with a gate no int8 can meet -> import -> `bentoml serve` answers with fp32."""
+    from loadtests.common import bentoml_serve, running
+    from tests.conftest import free_port
+
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": tiny_registered["uri"],
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "PYTHONPATH": str(ROOT),
+    }
+    export = [
+        sys.executable,
+        "-m",
+        "export.export",
+        "model_uri=models:/tiny-sentiment@champion",
+        "min_agreement=1.01",
+        "calibration_samples=8",
+        "golden_size=8",
+        "bento_model=tiny-onnx",
+        f"report={tmp_path / 'parity.json'}",
+    ]
+    result = subprocess.run(export, env=env, cwd=tiny_registered["tmp"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "WARNING: no int8 file passed" in result.stderr, result.stderr[-2000:]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve_env = {"BENTOML_HOME": env["BENTOML_HOME"], "BENTO_MODEL_TAG": "tiny-onnx:latest"}
+    with running(bentoml_serve(port), f"{url}/health", serve_env):
+        health = requests.get(f"{url}/health").json()
+        assert health["selfcheck"]["served"] == "fp32" and "parity gate" in health["warning"]
+        assert requests.post(f"{url}/predict", json={"text": "A fine film."}).json()["label"] in ("neg", "pos")

@@ -94,9 +94,13 @@ def test_kill_9_of_a_worker_under_load(own_server, service):
     failed = [r for r in after_kill if r[2] != 200]
     print(f"{service}: healthy again after {recovered:.1f} s; {len(failed)} of {len(after_kill)} requests failed")
     assert recovered < RECOVERY_S
-    assert 503 in health_during or "refused" in health_during  # /health noticed the worker was gone
-    assert all(seconds < FAIL_FAST_S for _, seconds, _ in failed), failed  # no hang
+    if service == "onnx-classifier":  # the API answers, without its classifier
+        assert 503 in health_during, health_during
+    # (the API worker's listening socket belongs to BentoML's arbiter: connections wait in its backlog for the
+    # restarted worker instead of being refused)
+    assert all(seconds < FAIL_FAST_S for _, seconds, _ in failed), failed  # failures are fast, no hang
     assert all(status in (503, "refused") for _, _, status in failed), failed
+    assert max(seconds for _, seconds, _ in after_kill) < RECOVERY_S + FAIL_FAST_S  # nothing waits for long
     assert requests.post(f"{url}/predict", json={"text": REVIEW}).status_code == 200
 
 

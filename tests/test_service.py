@@ -121,7 +121,8 @@ def test_concurrent_requests_are_batched(server):
     before_sum, before_count = batch_sizes()
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(lambda t: requests.post(f"{server}/predict", json={"text": t}), texts))
-    assert all(r.status_code == 200 for r in responses)
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * len(texts), {s: statuses.count(s) for s in set(statuses)}
     after_sum, after_count = batch_sizes()
     assert after_sum - before_sum == 64  # every request went through the batched method
     assert after_count - before_count < 64  # ...in fewer calls than requests: batch size > 1 happened
@@ -171,7 +172,9 @@ def test_a_prediction_does_not_depend_on_its_batch_mates(server):
     texts = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text.sample(48, random_state=4).tolist()
     alone = [requests.post(f"{server}/predict", json={"text": t}).json()["scores"]["pos"] for t in texts[:8]]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        crowded = list(pool.map(lambda t: requests.post(f"{server}/predict", json={"text": t}).json(), texts))
+        responses = list(pool.map(lambda t: requests.post(f"{server}/predict", json={"text": t}), texts))
+    assert [r.status_code for r in responses] == [200] * len(texts), [r.text[:200] for r in responses][:3]
+    crowded = [r.json() for r in responses]
     batched = requests.post(f"{server}/predict_batch", json={"texts": texts[:8][::-1]}).json()["predictions"][::-1]
     np.testing.assert_allclose([r["scores"]["pos"] for r in crowded[:8]], alone, atol=1e-4)
     np.testing.assert_allclose([p["scores"]["pos"] for p in batched], alone, atol=1e-4)

@@ -2,6 +2,9 @@
 register (MLflow run + registry, alias rules) -> rebuild from the adapter; resume after a kill with wall time summed."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -17,6 +20,7 @@ from training.evaluate import evaluate
 from training.fit import WALL_TIME_FILE
 from training.modeling import PARITY_SAMPLE, load_tokenizer, merged_from_adapter, predict_proba
 from training.registry import assign_alias, register, validation_accuracy
+from training.remote import finish, pack
 from training.train import run
 
 pytestmark = pytest.mark.timeout(600)
@@ -153,3 +157,28 @@ def test_resumes_from_last_checkpoint_in_the_same_mlflow_run(
     assert state["global_step"] == 4
     assert summary["train_wall_time_s"] >= first_segment_s > 0  # the first segment's time is counted too
     assert torch.cuda.is_available() or "CPU" in summary["hardware"]
+
+
+def test_gpu_bundle_path_trains_the_same_loop_without_datasets_or_mlflow(
+    tiny_checkpoint, data_dir, tmp_path, tracking_uri
+):
+    """pack (here) -> train (where only torch/transformers/peft exist) -> finish (here): a model dir like `train`'s,
+    with its MLflow run. The remote side is run in a subprocess that cannot import datasets or mlflow."""
+    config = tiny_config(tiny_checkpoint, data_dir, tmp_path, registered_model=None)
+    bundle, out = tmp_path / "bundle", tmp_path / "out"
+    pack(config, bundle)
+    blocker = "import sys; sys.modules['datasets'] = sys.modules['mlflow'] = None; "
+    code = (
+        f"from training.remote import train; from pathlib import Path; train(Path({str(bundle)!r}), Path({str(out)!r}))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-c", blocker + code], check=True, cwd=root, env=os.environ | {"PYTHONPATH": str(root)}
+    )
+    finish(out, Path(config.models_dir))
+    model_dir = Path(config.models_dir) / "tiny"
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["n_train"] == 64 and metrics["train_wall_time_s"] > 0
+    assert {"adapter_model.safetensors", "config.yaml", PARITY_SAMPLE} <= {p.name for p in model_dir.iterdir()}
+    history = MlflowClient(tracking_uri).get_metric_history(metrics["mlflow_run_id"], "eval_accuracy")
+    assert len(history) >= 2

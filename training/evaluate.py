@@ -1,7 +1,8 @@
 """Evaluation reports: metrics, confusion matrix, error analysis, and the baseline side by side.
 
 `python -m training.evaluate --model-dir models/imdb-minilm-lora` rebuilds the committed model, scores it on the
-test split (the only place that does) and adds the test scores to the model's `metrics.json`.
+test split (the only place that does) and adds the test scores to the model's `metrics.json`; `--served` scores
+the exported ONNX files in the BentoML store the same way (`reports/<name>/served.json`).
 """
 
 from __future__ import annotations
@@ -161,9 +162,42 @@ def evaluate(model_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
     return test_scores
 
 
+def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any]:
+    """Score the test split with the ONNX files the BentoML store holds (the served int8 and the fp32 fallback),
+    through the service's own runtime; writes `reports/<name>/served.json`."""
+    import bentoml
+
+    from serving.runtime import OnnxTextClassifier, cpu_flags
+    from serving.selfcheck import FP32_FILE, INT8_FILE
+    from training.data import load_data
+
+    model = bentoml.models.get(bento_model)
+    test = load_data(config.data).splits["test"]
+    labels = np.array(test["label"])
+    result = {"bento_model": str(model.tag), "variant": model.info.metadata["variant"], "cpu": cpu_flags()}
+    for name in (INT8_FILE, FP32_FILE):
+        if (Path(model.path) / name).exists():
+            probs = OnnxTextClassifier(model.path, name).predict_proba(test["text"])
+            metrics = classification_metrics(labels, probs.argmax(1), model.info.metadata["label_names"])
+            result[name] = {key: metrics[key] for key in ("accuracy", "macro_f1", "n")}
+            print(name, result[name], flush=True)
+    out = Path(config.reports_dir) / config.name / "served.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main() -> None:
-    config, args = command_line(ExperimentConfig, __doc__, source="--model-dir", default=RELEASE_MODEL_DIR)
-    print(json.dumps(evaluate(args.source, config)))
+    config, args = command_line(
+        ExperimentConfig,
+        __doc__,
+        source="--model-dir",
+        default=RELEASE_MODEL_DIR,
+        flags={"--served": "score the BentoML store's ONNX files (int8 and fp32) instead of PyTorch"},
+    )
+    if args.served:
+        print(json.dumps(evaluate_served(config, "imdb-sentiment-onnx:latest")))
+    else:
+        print(json.dumps(evaluate(args.source, config)))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python -m training.train --config training/configs/imdb-minilm-lora.yaml train.epochs=2
 
 Writes the adapter (or full model), `config.yaml` and `metrics.json` (validation scores, wall time summed across
-resumes). Scoring the test split is `training.evaluate`'s job, registering is `training.register`'s.
+resumes). Scoring the test split is `training.evaluate`'s job, registering is `training.registry`'s.
 Killed runs resume from their last checkpoint (and the same MLflow run) when started again.
 """
 
@@ -31,13 +31,17 @@ def git_commit() -> str:
 
 
 def tokenize(data: LoadedData, config: ExperimentConfig, tokenizer) -> dict:
+    """Train and validation splits as token ids (training never touches the test split)."""
     backend = without_truncation(tokenizer.backend_tokenizer)
 
     def encode_batch(batch: dict) -> dict:
         ids = encode(batch["text"], backend, config.encoding)
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
 
-    return data.splits.map(encode_batch, batched=True, remove_columns=["text"], desc="tokenizing")
+    return {
+        split: data.splits[split].map(encode_batch, batched=True, remove_columns=["text"], desc=f"tokenizing {split}")
+        for split in ("train", "validation")
+    }
 
 
 def run(config: ExperimentConfig) -> dict:
