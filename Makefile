@@ -42,11 +42,13 @@ compare:  ## LoRA r16 all-linear vs LoRA r4 query/value vs full fine-tuning, on 
 		model.lora_r=4 model.lora_alpha=8 "model.lora_target_modules=[query,value]"
 	$(PYTHON) -m training.train --config training/configs/imdb-compare.yaml name=compare-full-finetune \
 		model.method=full train.learning_rate=5e-5
+	for run in compare-lora-r16-all-linear compare-lora-r4-query-value compare-full-finetune; do \
+		$(PYTHON) -m training.evaluate --model-dir runs/models/$$run || exit 1; done
 
 evaluate:  ## the only test scorer: rebuild the committed model, score the test split -> reports/<name>/, metrics.json
 	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) $(ARGS)
 
-evaluate-served:  ## the served ONNX files (int8 and fp32 fallback) on the test split -> reports/<name>/served.json
+evaluate-served:  ## the served ONNX file (int8, else fp32) on the test split -> reports/<name>/served.json
 	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) --served
 
 register:  ## the only registry writer: committed adapter -> MLflow version, champion/challenger gate

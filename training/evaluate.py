@@ -145,10 +145,10 @@ def load_baseline(reports_dir: Path, dataset: str) -> dict[str, Any] | None:
 def evaluate(model_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
     """Rebuild base + adapter, score the test split, write the report and add the test scores to metrics.json."""
     from training.data import load_data
-    from training.modeling import load_tokenizer, merged_from_adapter, predict_proba
+    from training.modeling import load_tokenizer, load_trained, predict_proba
 
     data = load_data(config.data)
-    model = merged_from_adapter(model_dir, config.model.checkpoint, data.label_names)
+    model = load_trained(model_dir, config, data.label_names)
     test = data.splits["test"]
     probs = predict_proba(model, load_tokenizer(config.model.checkpoint), test["text"], config.encoding)
     baseline = load_baseline(Path(config.reports_dir), config.data.name)
@@ -163,7 +163,7 @@ def evaluate(model_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
 
 
 def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any]:
-    """Score the test split with the ONNX files the BentoML store holds (the served int8 and the fp32 fallback),
+    """Score the test split with the ONNX file the BentoML model serves (int8 when it ships one, else fp32),
     through the service's own runtime; writes `reports/<name>/served.json`."""
     import bentoml
 
@@ -175,12 +175,10 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     test = load_data(config.data).splits["test"]
     labels = np.array(test["label"])
     result = {"bento_model": str(model.tag), "variant": model.info.metadata["variant"], "cpu": cpu_flags()}
-    for name in (INT8_FILE, FP32_FILE):
-        if (Path(model.path) / name).exists():
-            probs = OnnxTextClassifier(model.path, name).predict_proba(test["text"])
-            metrics = classification_metrics(labels, probs.argmax(1), model.info.metadata["label_names"])
-            result[name] = {key: metrics[key] for key in ("accuracy", "macro_f1", "n")}
-            print(name, result[name], flush=True)
+    name = INT8_FILE if (Path(model.path) / INT8_FILE).exists() else FP32_FILE
+    probs = OnnxTextClassifier(model.path, name).predict_proba(test["text"])
+    metrics = classification_metrics(labels, probs.argmax(1), model.info.metadata["label_names"])
+    result[name] = {key: metrics[key] for key in ("accuracy", "macro_f1", "n")}
     out = Path(config.reports_dir) / config.name / "served.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -192,7 +190,7 @@ def main() -> None:
         __doc__,
         source="--model-dir",
         default=RELEASE_MODEL_DIR,
-        flags={"--served": "score the BentoML store's ONNX files (int8 and fp32) instead of PyTorch"},
+        flags={"--served": "score the ONNX file the BentoML store's model serves instead of PyTorch"},
     )
     if args.served:
         print(json.dumps(evaluate_served(config, "imdb-sentiment-onnx:latest")))

@@ -76,6 +76,13 @@ def merged_from_adapter(adapter_dir: Path, checkpoint: str, label_names: list[st
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
 
 
+def load_trained(model_dir: Path, config: ExperimentConfig, label_names: list[str]) -> PreTrainedModel:
+    """What `save_trained` wrote, ready to predict: base + adapter merged (LoRA) or the full model."""
+    if config.model.method == "lora":
+        return merged_from_adapter(model_dir, config.model.checkpoint, label_names)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+
+
 @torch.inference_mode()
 def predict_ids(model: PreTrainedModel, ids: list[list[int]], pad_token_id: int, batch_size: int = 64) -> np.ndarray:
     """Class probabilities for encoded texts, batching length-sorted sequences so padding costs little."""

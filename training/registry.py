@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from serving.text import unpack_ids
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line, flatten
-from training.modeling import PARITY_SAMPLE, load_tokenizer, merged_from_adapter, predict_ids
+from training.modeling import PARITY_SAMPLE, load_tokenizer, load_trained, predict_ids
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 SELECTION_METRIC, SELECTION_SET = "validation_accuracy", "validation_set"
@@ -89,7 +89,7 @@ def log_and_register(
 def register(model_dir: Path, config: ExperimentConfig) -> tuple[str, str]:
     """Register `models/<name>/` (adapter, config, metrics, parity sample); returns the version and its alias."""
     summary = json.loads((model_dir / "metrics.json").read_text())
-    model = merged_from_adapter(model_dir, config.model.checkpoint, summary["label_names"])
+    model = load_trained(model_dir, config, summary["label_names"])
     setup_tracking(config.data.name)
     with mlflow.start_run(run_name=f"register-{config.name}"):
         mlflow.log_params(flatten(config.to_dict(), "cfg."))
