@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--texts", type=int, default=1000)
-    parser.add_argument("--deadlines", type=int, nargs="+", default=[50, 200, 2000], help="max_latency_ms to try")
+    parser.add_argument("--deadlines", type=int, nargs="+", default=[50, 200, 2000, 5000], help="max_latency_ms to try")
     args = parser.parse_args()
     texts = sample_reviews(args.texts, seed=1)
     ceiling = in_process_ceiling(texts)
