@@ -18,8 +18,9 @@ class ServiceSettings:
     max_text_chars: int = 50_000
     max_batch_texts: int = 64  # texts per /predict_batch request
     # Adaptive batching: BentoML answers 503 once it expects a request to wait past max_latency_ms. max_in_flight
-    # bounds the queue, so this deadline is only a backstop, far above the 100 ms target (make benchmark sweeps it). A /predict_batch request is one item of up to
-    # max_batch_texts texts, so a batch must hold at least that many or it can never be scheduled.
+    # bounds the queue, so this deadline is only a backstop, far above the 100 ms target (make benchmark sweeps it).
+    # A /predict_batch request is one item of up to max_batch_texts texts, so a batch must hold at least that many
+    # or it can never be scheduled.
     max_batch_size: int = 64
     max_latency_ms: int = 5000
     classify_timeout_s: int = 3  # beyond the batching deadline, how long a call to the classifier may take
