@@ -28,7 +28,7 @@ class Recipe:
     keep_fp32: tuple[str, ...] = ()
 
 
-FFN_OUTPUT = r"/layer\.\d+/output/dense/MatMul$"  # the GELU output's outliers make it the most sensitive input
+FFN_OUTPUT = r"/layer\.\d+/output/dense/MatMul$"
 FFN = r"/layer\.\d+/(intermediate|output)/dense/MatMul$"
 CLASSIFIER = r"classifier"
 RECIPES: dict[str, Recipe] = {

@@ -46,9 +46,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server():
-    """The release model behind `bentoml serve` (needs `make model`), shared by the HTTP tests that do not harm it."""
+    """The release model behind `bentoml serve` (needs `make model`), one per test module: a server started later
+    (fault drills, the notebook) resets BentoML's shared Prometheus files, so a long-lived one would lose its metrics."""
     from loadtests.common import bentoml_serve, running
 
     port = free_port()
