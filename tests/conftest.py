@@ -49,7 +49,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     """The release model behind `bentoml serve` (needs `make model`), one per test module: a server started later
-    (fault drills, the notebook) resets BentoML's shared Prometheus files, so a long-lived one would lose its metrics."""
+    (fault drills, the notebook) resets BentoML's shared Prometheus files, and a long-lived one loses its metrics."""
     from loadtests.common import bentoml_serve, running
 
     port = free_port()
