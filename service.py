@@ -86,6 +86,7 @@ class OnnxClassifier:
     def __init__(self) -> None:
         limits = SelfCheckLimits(**self.model.info.metadata["selfcheck"])
         self.runtime, self.check = load_classifier(self.model.path, limits, SETTINGS.workers)
+        self.calls = self.texts = 0
         bentoml.metrics.Gauge(
             name="sentiment_int8_selfcheck_agreement",
             documentation="int8 vs fp32 argmax agreement on the golden set, measured at start on this CPU",
@@ -101,12 +102,13 @@ class OnnxClassifier:
     )
     def classify(self, texts: list[str]) -> list[list[float]]:
         """Class probabilities per text (label order as in the model's `label_names`)."""
+        self.calls, self.texts = self.calls + 1, self.texts + len(texts)
         return self.runtime.predict_proba(texts).tolist()
 
     @bentoml.api
     async def status(self) -> dict:  # async: answered on the event loop, never queued behind `classify`
-        """The variant served and what the int8 self-check measured on this CPU; `/health` reports it."""
-        return asdict(self.check)
+        """The variant served, what the int8 self-check measured on this CPU, and the batches run so far."""
+        return asdict(self.check) | {"classify_calls": self.calls, "classified_texts": self.texts}
 
 
 app = FastAPI(title="imdb-sentiment", description=__doc__)
