@@ -112,7 +112,7 @@ def test_concurrent_requests_are_batched(server):
         return check["classified_texts"], check["classify_calls"]
 
     texts_before, calls_before = batches()
-    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda t: requests.post(f"{server}/predict", json={"text": t}), texts))
     statuses = [r.status_code for r in responses]
     assert statuses == [200] * len(texts), {s: statuses.count(s) for s in set(statuses)}
