@@ -62,6 +62,28 @@ def tiny_registered(tiny_checkpoint, data_dir, tmp_path_factory):
     }
 
 
+def run_export_cli(tiny_registered, tmp_path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`python -m export.export` on the tiny registered model into a BentoML store of the test's own."""
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": tiny_registered["uri"],
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "export.export",
+        "model_uri=models:/tiny-sentiment@champion",
+        "bento_model=tiny-onnx",
+        "calibration_samples=8",
+        "golden_size=8",
+        f"report={tmp_path / 'parity.json'}",
+        *overrides,
+    ]
+    result = subprocess.run(command, env=env, cwd=tiny_registered["tmp"], capture_output=True, text=True, check=False)
+    return result, env
+
+
 def test_onnx_matches_pytorch(tiny_registered, tmp_path):
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
@@ -114,24 +136,7 @@ def test_int8_that_misses_the_gate_falls_back_to_fp32(tiny_registered, tmp_path)
 
 
 def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
-    env = os.environ | {
-        "MLFLOW_TRACKING_URI": tiny_registered["uri"],
-        "BENTOML_HOME": str(tmp_path / "bentoml"),
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "export.export",
-        "model_uri=models:/tiny-sentiment@champion",
-        "bento_model=tiny-onnx",
-        "min_agreement=0.0",
-        "max_accuracy_drop=1.0",
-        "calibration_samples=8",
-        "golden_size=8",
-        f"report={tmp_path / 'parity.json'}",
-    ]
-    result = subprocess.run(command, env=env, cwd=tiny_registered["tmp"], capture_output=True, text=True, check=False)
+    result, _ = run_export_cli(tiny_registered, tmp_path, "min_agreement=0.0", "max_accuracy_drop=1.0")
     assert result.returncode == 0, result.stderr[-2000:]
     (model_yaml,) = (tmp_path / "bentoml" / "models" / "tiny-onnx").glob("*/model.yaml")
     files = {p.name for p in model_yaml.parent.iterdir()}
@@ -141,9 +146,7 @@ def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["served"] == DEFAULT and report["variants"]["fp32"]["agreement"] == 1.0
     assert report["variants"]["fp32"]["n"] == len(tiny_registered["ids"]) - 8  # calibration rows held out
-    again = subprocess.run(
-        [*command, "--if-missing"], env=env, cwd=tiny_registered["tmp"], capture_output=True, text=True, check=False
-    )
+    again, _ = run_export_cli(tiny_registered, tmp_path, "--if-missing")
     assert again.returncode == 0 and "skipping export" in again.stdout
 
 
@@ -183,23 +186,7 @@ def test_a_service_whose_int8_was_refused_serves_fp32_and_says_so(tiny_registere
     from loadtests.common import bentoml_serve, running
     from tests.conftest import free_port
 
-    env = os.environ | {
-        "MLFLOW_TRACKING_URI": tiny_registered["uri"],
-        "BENTOML_HOME": str(tmp_path / "bentoml"),
-        "PYTHONPATH": str(ROOT),
-    }
-    export = [
-        sys.executable,
-        "-m",
-        "export.export",
-        "model_uri=models:/tiny-sentiment@champion",
-        "min_agreement=1.01",
-        "calibration_samples=8",
-        "golden_size=8",
-        "bento_model=tiny-onnx",
-        f"report={tmp_path / 'parity.json'}",
-    ]
-    result = subprocess.run(export, env=env, cwd=tiny_registered["tmp"], capture_output=True, text=True, check=False)
+    result, env = run_export_cli(tiny_registered, tmp_path, "min_agreement=1.01")
     assert result.returncode == 0 and "WARNING: no int8 file passed" in result.stderr, result.stderr[-2000:]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
