@@ -50,10 +50,11 @@ def accuracy_section(metrics: dict, evaluation: dict | None, parity: dict | None
             f"| TF-IDF + logistic regression (test split) | {b['accuracy']:.4f} | {b['macro_f1']:.4f} "
             f"| {b['n']} | `reports/imdb/baseline.json` |"
         )
-    for file, r in ((k, v) for k, v in (served or {}).items() if k.endswith(".onnx")):
+    if served:
+        r = served["test"]
         lines.append(
-            f"| ONNX `{file}` served from the BentoML store (test split, `{served['cpu']}`) | {r['accuracy']:.4f} "
-            f"| {r['macro_f1']:.4f} | {r['n']} | `reports/{metrics['name']}/served.json` |"
+            f"| ONNX `{served['file']}` served from the BentoML store (test split, `{served['cpu']}`) "
+            f"| {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['n']} | `reports/{metrics['name']}/served.json` |"
         )
     if parity:
         for variant, p in parity["variants"].items():
@@ -165,18 +166,6 @@ def base_model_facts(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-def served_row(served: dict | None, name: str) -> str | None:
-    if not served:
-        return None
-    files = {file: r for file, r in served.items() if file.endswith(".onnx")}
-    scores = " / ".join(f"{file} {r['accuracy']:.4f}" for file, r in files.items())
-    n = next(iter(files.values()))["n"]
-    return (
-        f"| ONNX files in the BentoML store, test accuracy ({n:,} reviews, `{served['cpu']}`) | {scores} "
-        f"| `reports/{name}/served.json` |"
-    )
-
-
 def readme_results(metrics: dict, evaluation, parity, benchmark, loadtest, container, served) -> str:
     """The README's results table, so the numbers there are never typed by hand."""
     rows = ["| measure | value | source |", "|---|---|---|"]
@@ -191,7 +180,11 @@ def readme_results(metrics: dict, evaluation, parity, benchmark, loadtest, conta
             f"{metrics['n_train']:,}) | {baseline['accuracy']:.4f} | `reports/imdb/baseline.json` |"
         )
     if served:
-        rows.append(served_row(served, metrics["name"]))
+        r = served["test"]
+        rows.append(
+            f"| ONNX `{served['file']}` served from the BentoML store, test accuracy ({r['n']:,} reviews, "
+            f"`{served['cpu']}`) | {r['accuracy']:.4f} | `reports/{metrics['name']}/served.json` |"
+        )
     if parity:
         chosen = parity["variants"][parity["served"]]
         rows.append(

@@ -178,7 +178,7 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     name = INT8_FILE if (Path(model.path) / INT8_FILE).exists() else FP32_FILE
     probs = OnnxTextClassifier(model.path, name).predict_proba(test["text"])
     metrics = classification_metrics(labels, probs.argmax(1), model.info.metadata["label_names"])
-    result[name] = {key: metrics[key] for key in ("accuracy", "macro_f1", "n")}
+    result |= {"file": name, "test": {key: metrics[key] for key in ("accuracy", "macro_f1", "n")}}
     out = Path(config.reports_dir) / config.name / "served.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
