@@ -51,6 +51,7 @@ class ExportConfig:
     min_agreement: float = 0.995  # int8: argmax agreement with PyTorch
     max_accuracy_drop: float = 0.002  # int8: 0.2 point
     fp32_max_abs_diff: float = 1e-3  # fp32 must reproduce PyTorch's probabilities: anything more is a broken export
+    fp32_min_agreement: float = 0.999  # and its labels (a near-random model's probabilities differ little when wrong)
     calibration_samples: int = 256  # held out of the gate; static recipes calibrate on them
     timing_samples: int = 200
     golden_size: int = 64  # the service re-scores these at start (sized for a start within 5 s)
@@ -122,9 +123,14 @@ def parity_report(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarr
 
 
 def gate_failures(variant: str, report: dict[str, float], export: ExportConfig) -> list[str]:
+    """fp32 must reproduce PyTorch's probabilities and labels (else the export is broken); int8 must agree closely."""
     if variant == "fp32":
-        diff = report["max_abs_prob_diff"]
-        return [f"max |dp| {diff:.2g} > {export.fp32_max_abs_diff}"] if diff > export.fp32_max_abs_diff else []
+        failures = []
+        if report["max_abs_prob_diff"] > export.fp32_max_abs_diff:
+            failures.append(f"max |dp| {report['max_abs_prob_diff']:.2g} > {export.fp32_max_abs_diff}")
+        if report["agreement"] < export.fp32_min_agreement:
+            failures.append(f"agreement {report['agreement']:.4f} < {export.fp32_min_agreement}")
+        return failures
     failures = []
     if report["agreement"] < export.min_agreement:
         failures.append(f"agreement {report['agreement']:.4f} < {export.min_agreement}")

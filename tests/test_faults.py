@@ -16,11 +16,14 @@ import pytest
 import requests
 
 from loadtests.common import bentoml_serve, running
+from serving.settings import ServiceSettings
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(600)
 REVIEW = "The plot was thin but the acting carried it; I would watch it again."
-FAIL_FAST_S = 8.0  # a failing request answers within deadline (2 s batching + 3 s) + slack; no 60 s hang
+# A failing request answers within the service's own deadline (batching window + classify timeout) plus slack, never
+# at the 60 s traffic timeout.
+FAIL_FAST_S = ServiceSettings.from_env().max_latency_ms / 1000 + ServiceSettings.from_env().classify_timeout_s + 2.0
 RECOVERY_S = 10.0
 
 
