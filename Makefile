@@ -9,7 +9,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install lint eda baseline train remote-pack remote-finish compare evaluate evaluate-served register export model serve build \
+.PHONY: install lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export model serve build \
 	containerize test-container test-compose \
 	loadtest benchmark soak report mlflow-ui notebook test all
 
@@ -24,8 +24,8 @@ lint:
 eda:  ## dataset report -> reports/eda/<dataset>/
 	$(PYTHON) -m training.eda --config $(CONFIG)
 
-baseline:  ## TF-IDF + logistic regression -> reports/<dataset>/baseline.json + MLflow run
-	$(PYTHON) -m training.baseline --config $(CONFIG)
+lexical:  ## the hybrid's TF-IDF + LR half and its policy, chosen on validation -> models/<name>/lexical.onnx, hybrid.json
+	$(PYTHON) -m training.lexical --model-dir $(MODEL_DIR) $(ARGS)
 
 train:  ## fine-tune (CONFIG=..., extra overrides in ARGS="train.epochs=2 ...") -> models/<name>/
 	$(PYTHON) -m training.train --config $(CONFIG) $(ARGS)
@@ -98,4 +98,4 @@ mlflow-ui:
 test: model  ## the whole test suite (real data, real models, real HTTP)
 	$(PYTHON) -m pytest -m "not container"
 
-all: eda baseline train evaluate register export  ## the main job, each stage once
+all: eda train lexical evaluate register export  ## the main job, each stage once

@@ -13,21 +13,21 @@ import sys
 import time
 import uuid
 from dataclasses import asdict
-from typing import Annotated
+from pathlib import Path
 
 import bentoml
+import numpy as np
 from fastapi import Depends, FastAPI, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
 from pythonjsonlogger.json import JsonFormatter
 
 from serving import errors
+from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel, Mode
+from serving.schemas import SETTINGS, BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
 from serving.selfcheck import SelfCheckLimits, load_classifier
-from serving.settings import ServiceSettings
 
-SETTINGS = ServiceSettings.from_env()
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
 HEALTH_TIMEOUT_S = 2.0
-SAMPLE = "A moving, beautifully acted film: I loved every minute of it."
+TRANSFORMER_ONLY = HybridPolicy(weight=0.0, threshold=1.0, mode="transformer")  # a model exported without hybrid
 
 # Serving image: a slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's
 # default system-package step (build-essential, git: ~640 MB) that nothing here needs; the installer (uv) and its
@@ -39,36 +39,6 @@ IMAGE = (
     .requirements_file("requirements-serve.txt")
     .run("rm -rf /root/.cache /usr/local/bin/uv /usr/local/bin/uvx")
 )
-
-# Non-blank = at least one character that is not ASCII whitespace: the same rule in JSON Schema, Python and pydantic.
-Text = Annotated[
-    str, Field(min_length=1, max_length=SETTINGS.max_text_chars, pattern=r"[^ \t\n\r\f\v]", description="A review")
-]
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": SAMPLE}]})
-    text: Text
-
-
-class BatchRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"texts": [SAMPLE, "Dull, predictable and far too long."]}]}
-    )
-    texts: list[Text] = Field(min_length=1, max_length=SETTINGS.max_batch_texts)
-
-
-class Prediction(BaseModel):
-    label: str = Field(description="The most likely class")
-    label_id: int
-    score: float = Field(description="Probability of `label`")
-    scores: dict[str, float] = Field(description="Probability of every class, summing to 1")
-    model_version: str
-
-
-class BatchPrediction(BaseModel):
-    predictions: list[Prediction] = Field(description="One prediction per input text, in input order")
-    model_version: str
 
 
 # runner_connection: BentoML (since 1.4.31) replaces the caller's HTTP session to this service every 100 requests
@@ -128,6 +98,10 @@ class SentimentAPI:
         self.model_version = f"{info.metadata['mlflow_model']}:{info.metadata['mlflow_version']}"
         self.model_tag = str(info.tag)
         self.in_flight = 0
+        path = Path(self.model.path)
+        self.lexical = LexicalModel(path / LEXICAL_FILE) if (path / LEXICAL_FILE).exists() else None
+        self.policy = HybridPolicy.load(path / POLICY_FILE) if self.lexical else TRANSFORMER_ONLY
+        self.policy = self._policy(SETTINGS.hybrid_mode or self.policy.mode)
         # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
         self.deadline_s = SETTINGS.max_latency_ms / 1000 + SETTINGS.classify_timeout_s
         self.log = logging.getLogger("sentiment.requests")
@@ -138,6 +112,11 @@ class SentimentAPI:
         self.predictions = bentoml.metrics.Counter(
             name="sentiment_predictions", documentation="Predictions served, by label", labelnames=["label"]
         )
+        self.routed = bentoml.metrics.Counter(
+            name="sentiment_routed",
+            documentation="Texts answered, by path (lexical, ensemble, transformer)",
+            labelnames=["path"],
+        )
         self.request_texts = bentoml.metrics.Histogram(
             name="sentiment_request_texts",
             documentation="Texts per request",
@@ -145,18 +124,39 @@ class SentimentAPI:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )
 
-    def _prediction(self, probabilities: list[float]) -> Prediction:
-        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+    def _prediction(self, probabilities: np.ndarray, path: str) -> Prediction:
+        best = int(probabilities.argmax())
         return Prediction(
             label=self.label_names[best],
             label_id=best,
-            score=probabilities[best],
-            scores=dict(zip(self.label_names, probabilities, strict=True)),
+            score=float(probabilities[best]),
+            scores=dict(zip(self.label_names, probabilities.tolist(), strict=True)),
+            path=path,
             model_version=self.model_version,
         )
 
-    async def _predict(self, texts: list[str], request: Request, response: Response) -> list[Prediction]:
+    def _policy(self, mode: Mode | None) -> HybridPolicy:
+        if mode and mode != "transformer" and self.lexical is None:
+            raise errors.ApiError(422, f"mode {mode!r} needs the hybrid's lexical model, which {self.model_tag} lacks")
+        return self.policy.with_mode(mode) if mode else self.policy
+
+    async def _classify(self, texts: list[str], policy: HybridPolicy) -> list[Prediction]:
+        """The cascade: the lexical model answers here the texts it is sure of; the rest go to the batched
+        transformer (and are combined with the lexical probabilities outside the transformer-only mode)."""
+        lexical = self.lexical.predict_proba(texts) if policy.mode != "transformer" else None
+        onward = policy.onward(lexical, len(texts))
+        transformer = []
+        if len(onward):
+            call = self.classifier.to_async.classify([texts[i] for i in onward])
+            transformer = await asyncio.wait_for(call, self.deadline_s)
+        probs, routes = policy.merge(lexical, np.array(transformer), onward, len(texts))
+        return [self._prediction(p, route) for p, route in zip(probs, routes, strict=True)]
+
+    async def _predict(
+        self, texts: list[str], mode: Mode | None, request: Request, response: Response
+    ) -> list[Prediction]:
         """Admission control first: past `max_in_flight` requests the answer is a fast 503, not a long queue."""
+        policy = self._policy(mode)
         if self.in_flight >= SETTINGS.max_in_flight:
             raise errors.ApiError(503, f"over {SETTINGS.max_in_flight} requests in flight; retry shortly")
         started = time.perf_counter()
@@ -164,14 +164,14 @@ class SentimentAPI:
         response.headers["x-request-id"] = request_id
         self.in_flight += 1
         try:
-            probabilities = await asyncio.wait_for(self.classifier.to_async.classify(texts), self.deadline_s)
+            predictions = await self._classify(texts, policy)
         except Exception as error:  # the classifier is down or restarting, or the batch deadline passed
             raise errors.ApiError(503, f"the classifier is unavailable ({type(error).__name__})") from error
         finally:
             self.in_flight -= 1
-        predictions = [self._prediction(p) for p in probabilities]
         for prediction in predictions:
             self.predictions.labels(label=prediction.label).inc()
+            self.routed.labels(path=prediction.path).inc()
         endpoint = request.url.path
         self.request_texts.labels(endpoint=endpoint).observe(len(texts))
         record = {
@@ -180,21 +180,26 @@ class SentimentAPI:
             "batch_size": len(texts),
             "latency_ms": round(1000 * (time.perf_counter() - started), 2),
             "labels": [p.label for p in predictions],
+            "paths": [p.path for p in predictions],
             "model_version": self.model_version,
         }
         self.log.info("prediction", extra=record | ({"texts": texts} if SETTINGS.log_text else {}))
         return predictions
 
     @app.post("/predict", **JSON_ONLY)
-    async def predict(self, body: PredictRequest, request: Request, response: Response) -> Prediction:
+    async def predict(
+        self, body: PredictRequest, request: Request, response: Response, mode: ModeQuery = None
+    ) -> Prediction:
         """Classify one review."""
-        (prediction,) = await self._predict([body.text], request, response)
+        (prediction,) = await self._predict([body.text], mode, request, response)
         return prediction
 
     @app.post("/predict_batch", **JSON_ONLY)
-    async def predict_batch(self, body: BatchRequest, request: Request, response: Response) -> BatchPrediction:
+    async def predict_batch(
+        self, body: BatchRequest, request: Request, response: Response, mode: ModeQuery = None
+    ) -> BatchPrediction:
         """Classify 1 to `max_batch_texts` reviews; predictions come back in input order."""
-        predictions = await self._predict(body.texts, request, response)
+        predictions = await self._predict(body.texts, mode, request, response)
         return BatchPrediction(predictions=predictions, model_version=self.model_version)
 
     @app.get("/health", responses={503: errors.ERROR_RESPONSES[503]})
@@ -210,5 +215,6 @@ class SentimentAPI:
             "model": self.model_tag,
             "version": self.model_version,
             "selfcheck": check,
+            "hybrid": asdict(self.policy) | {"lexical_model": self.lexical is not None},
             "warning": warning,
         }

@@ -29,12 +29,13 @@ from optimum.exporters.onnx import main_export
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from export.quantize import DEFAULT, RECIPES, quantize
+from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy
 from serving.runtime import CONFIG_FILE, TOKENIZER_FILE, OnnxTextClassifier, cpu_flags
 from serving.selfcheck import FP32_FILE, GOLDEN_FILE, INT8_FILE, SelfCheckLimits, save_golden
 from serving.text import unpack_ids
 from training.config import ExperimentConfig, command_line, config_from_dict
 from training.modeling import PARITY_SAMPLE, predict_ids
-from training.registry import SELECTION_METRIC, setup_tracking
+from training.registry import HYBRID_DIR, SELECTION_METRIC, setup_tracking
 
 
 class ParityError(RuntimeError):
@@ -88,6 +89,16 @@ def load_parity_sample(run_id: str) -> tuple[list[list[int]], np.ndarray]:
     path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{PARITY_SAMPLE}")
     sample = np.load(path)
     return unpack_ids(sample["ids"], sample["offsets"]), sample["labels"].astype(np.int64)
+
+
+def download_hybrid(run_id: str, out_dir: Path) -> HybridPolicy | None:
+    """The lexical model and hybrid policy registered with the version, into `out_dir` (None: transformer only)."""
+    if not MlflowClient().list_artifacts(run_id, HYBRID_DIR):
+        return None
+    mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{HYBRID_DIR}", dst_path=str(out_dir))
+    for name in (LEXICAL_FILE, POLICY_FILE):
+        shutil.move(out_dir / HYBRID_DIR / name, out_dir / name)
+    return HybridPolicy.load(out_dir / POLICY_FILE)
 
 
 def export_onnx(
@@ -188,9 +199,16 @@ def choose(results: dict[str, dict]) -> tuple[str, str | None]:
 
 
 def import_to_bentoml(
-    onnx_dir: Path, registry: RegistryModel, export: ExportConfig, results: dict, int8: str | None, warning: str | None
+    onnx_dir: Path,
+    registry: RegistryModel,
+    export: ExportConfig,
+    results: dict,
+    int8: str | None,
+    warning: str | None,
+    hybrid: HybridPolicy | None,
 ) -> bentoml.Model:
-    """The fp32 file, the chosen int8 file (if any), tokenizer, label names and golden set into the BentoML store."""
+    """The fp32 file, the chosen int8 file (if any), tokenizer, label names, golden set and the hybrid's lexical
+    model and policy (if registered) into the BentoML store."""
     info = json.loads((onnx_dir / CONFIG_FILE).read_text())
     served = int8 or "fp32"
     metadata = {
@@ -208,6 +226,7 @@ def import_to_bentoml(
         "parity": {name: {k: v for k, v in r.items() if k != "failures"} for name, r in results.items()},
         "export_cpu": cpu_flags(),
         "selfcheck": asdict(export.selfcheck),
+        "hybrid": asdict(hybrid) if hybrid else None,
     }
     metadata = {key: value for key, value in metadata.items() if value is not None}  # BentoML refuses None
     labels = {"mlflow_model": registry.name, "mlflow_version": registry.version, "variant": served}
@@ -217,6 +236,9 @@ def import_to_bentoml(
             shutil.copy(onnx_dir / name, target / name)
         if int8:
             shutil.copy(onnx_dir / f"{int8}.onnx", target / INT8_FILE)
+        if hybrid:
+            for name in (LEXICAL_FILE, POLICY_FILE):
+                shutil.copy(onnx_dir / name, target / name)
     return bento_model
 
 
@@ -257,7 +279,8 @@ def run(export: ExportConfig) -> bentoml.Model:
     int8, warning = choose(results)
     golden = ids[: export.golden_size]
     save_golden(onnx_dir / GOLDEN_FILE, golden, OnnxTextClassifier(onnx_dir, model_file=FP32_FILE).predict_ids(golden))
-    bento_model = import_to_bentoml(onnx_dir, registry, export, results, int8, warning)
+    hybrid = download_hybrid(registry.run_id, onnx_dir)
+    bento_model = import_to_bentoml(onnx_dir, registry, export, results, int8, warning, hybrid)
     report = {
         "model": f"{registry.name}:{registry.version}",
         "bento_model": str(bento_model.tag),
@@ -267,6 +290,7 @@ def run(export: ExportConfig) -> bentoml.Model:
         "gate": {"min_agreement": export.min_agreement, "max_accuracy_drop": export.max_accuracy_drop},
         "golden_size": export.golden_size,
         "variants": results,
+        "hybrid": asdict(hybrid) if hybrid else None,
     }
     Path(export.report).parent.mkdir(parents=True, exist_ok=True)
     Path(export.report).write_text(json.dumps(report, indent=2) + "\n")

@@ -28,6 +28,7 @@ class ServiceSettings:
     adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ONNX Runtime threads
     log_text: bool = False  # raw review text in the request log
+    hybrid_mode: str = ""  # transformer | ensemble | cascade; empty: the mode chosen on validation (hybrid.json)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import requests
 
+from serving.hybrid import LEXICAL_FILE, HybridPolicy, LexicalModel
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "imdb-minilm-lora"
 pytestmark = pytest.mark.timeout(900)
@@ -34,7 +36,8 @@ def test_health_and_bentoml_endpoints(server):
 
 def test_predict_shape_label_order_and_scores(server):
     body = requests.post(f"{server}/predict", json={"text": "An absolute masterpiece, I loved every minute."}).json()
-    assert set(body) == {"label", "label_id", "score", "scores", "model_version"}
+    assert set(body) == {"label", "label_id", "score", "scores", "path", "model_version"}
+    assert body["path"] in ("lexical", "ensemble")  # the release serves the cascade
     assert list(body["scores"]) == ["neg", "pos"]
     assert body["label"] == "pos" and body["label_id"] == 1
     assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -104,6 +107,31 @@ def test_openapi_states_the_limits_and_samples(server):
     assert "ErrorBody" in schemas and schemas["ErrorBody"]["properties"]["detail"]["anyOf"][0]["type"] == "array"
 
 
+def test_cascade_answers_confident_reviews_without_the_transformer(server):
+    """The release serves the cascade: confident reviews answered by the lexical model in the API process, the rest
+    by the ensemble of the lexical model and the batched transformer, in input order."""
+    texts = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text.sample(64, random_state=5).tolist()
+    policy = requests.get(f"{server}/health").json()["hybrid"]
+    assert policy["mode"] == "cascade" and policy["lexical_model"]
+    before = requests.get(f"{server}/health").json()["selfcheck"]["classified_texts"]
+    cascade = requests.post(f"{server}/predict_batch", json={"texts": texts}).json()["predictions"]
+    sent = requests.get(f"{server}/health").json()["selfcheck"]["classified_texts"] - before
+    paths = [p["path"] for p in cascade]
+    assert {"lexical", "ensemble"} == set(paths), paths
+    assert sent == paths.count("ensemble")  # only the uncertain reviews reached the transformer
+
+    lexical = LexicalModel(MODEL_DIR / LEXICAL_FILE).predict_proba(texts)
+    transformer = requests.post(f"{server}/predict_batch?mode=transformer", json={"texts": texts}).json()
+    transformer = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in transformer["predictions"]])
+    served = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in cascade])
+    expected = HybridPolicy(policy["weight"], policy["threshold"], "cascade").decide(lexical, transformer)
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    ensemble = requests.post(f"{server}/predict_batch?mode=ensemble", json={"texts": texts[:4]}).json()
+    assert {p["path"] for p in ensemble["predictions"]} == {"ensemble"}
+    assert 'sentiment_routed_total{path="lexical"}' in requests.get(f"{server}/metrics").text
+    assert requests.post(f"{server}/predict?mode=fastest", json={"text": "Fine."}).status_code == 422
+
+
 def test_concurrent_requests_are_batched(server):
     texts = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text.sample(64, random_state=1).tolist()
 
@@ -113,7 +141,9 @@ def test_concurrent_requests_are_batched(server):
 
     texts_before, calls_before = batches()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(lambda t: requests.post(f"{server}/predict", json={"text": t}), texts))
+        responses = list(
+            pool.map(lambda t: requests.post(f"{server}/predict?mode=transformer", json={"text": t}), texts)
+        )
     statuses = [r.status_code for r in responses]
     assert statuses == [200] * len(texts), {s: statuses.count(s) for s in set(statuses)}
     texts_after, calls_after = batches()
@@ -153,7 +183,7 @@ def test_served_model_agrees_with_pytorch(server):
     texts = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text.sample(64, random_state=2).tolist()
     model = merged_from_adapter(MODEL_DIR, config.model.checkpoint, ["neg", "pos"])
     reference = predict_proba(model, load_tokenizer(config.model.checkpoint), texts, config.encoding)
-    served = requests.post(f"{server}/predict_batch", json={"texts": texts}).json()["predictions"]
+    served = requests.post(f"{server}/predict_batch?mode=transformer", json={"texts": texts}).json()["predictions"]
     served_probs = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in served])
     # int8 (or the fp32 fallback) vs PyTorch fp32: agreement and the mean difference, as the self-check measures.
     assert (served_probs.argmax(1) == reference.argmax(1)).mean() >= 0.98
@@ -184,7 +214,7 @@ def test_benchmark_naive_peer_serves_the_same_model(server):
     texts = reviews[reviews.str.len() < 600].sample(16, random_state=3).tolist()
     naive = TestClient(create_app(MODEL_DIR))
     naive_labels = [naive.post("/predict", json={"text": t}).json()["label"] for t in texts]
-    served = requests.post(f"{server}/predict_batch", json={"texts": texts}).json()["predictions"]
+    served = requests.post(f"{server}/predict_batch?mode=transformer", json={"texts": texts}).json()["predictions"]
     assert sum(a == p["label"] for a, p in zip(naive_labels, served, strict=True)) >= 15
 
 

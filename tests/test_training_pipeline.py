@@ -1,5 +1,6 @@
-"""A tiny random BERT trained for a few steps on real IMDb reviews, end to end: LoRA -> adapter -> evaluate ->
-register (MLflow run + registry, alias rules) -> rebuild from the adapter; resume after a kill with wall time summed."""
+"""A tiny random BERT trained for a few steps on real IMDb reviews, end to end: LoRA -> adapter -> lexical half ->
+evaluate -> register (MLflow run + registry, alias rules) -> rebuild from the adapter; resume after a kill with wall
+time summed."""
 
 import json
 import os
@@ -15,11 +16,13 @@ from mlflow import MlflowClient
 from transformers import TrainerCallback
 
 import training.fit as fit_module
+from serving.hybrid import LEXICAL_FILE, POLICY_FILE
+from training import lexical
 from training.config import load_config
 from training.evaluate import evaluate
 from training.fit import WALL_TIME_FILE
 from training.modeling import PARITY_SAMPLE, load_tokenizer, merged_from_adapter, predict_proba
-from training.registry import assign_alias, register, validation_accuracy
+from training.registry import HYBRID_DIR, assign_alias, register, validation_accuracy
 from training.remote import finish, pack
 from training.train import run
 
@@ -70,15 +73,21 @@ def test_train_evaluate_register_and_rebuild(tiny_checkpoint, data_dir, tmp_path
     history = client.get_metric_history(summary["mlflow_run_id"], "eval_accuracy")
     assert len(history) >= 2  # evaluated during training, not only at the end
 
+    hybrid = lexical.run(model_dir, config)  # the lexical half and the policy, chosen on validation
+    assert {LEXICAL_FILE, POLICY_FILE} <= {p.name for p in model_dir.iterdir()}
+    assert hybrid["mode"] in ("cascade", "ensemble") and 0 <= hybrid["weight"] <= 1
+    assert client.get_run(summary["mlflow_run_id"]).data.metrics["hybrid_threshold"] == hybrid["threshold"]
+
     test_scores = evaluate(model_dir, config)
     assert test_scores["n_test"] == 32
+    assert {"test_accuracy_lexical", "test_accuracy_ensemble", "test_accuracy_cascade"} <= set(test_scores)
     assert json.loads((model_dir / "metrics.json").read_text())["test_accuracy"] == test_scores["test_accuracy"]
     assert (Path(config.reports_dir) / "tiny" / "confusion_matrix.png").exists()
 
     version, alias = register(model_dir, config)
     assert (version, alias) == ("1", "champion")
     registered_run = client.get_run(client.get_model_version("tiny-sentiment", "1").run_id)
-    assert {"config.yaml", "evaluation", PARITY_SAMPLE} <= {
+    assert {"config.yaml", "evaluation", PARITY_SAMPLE, HYBRID_DIR} <= {
         a.path for a in client.list_artifacts(registered_run.info.run_id)
     }
     assert registered_run.data.metrics["test_accuracy"] == test_scores["test_accuracy"]

@@ -2,9 +2,10 @@
 
     python -m training.registry --model-dir models/imdb-minilm-lora [--if-missing]
 
-Rebuilds the merged model from base + the committed adapter, logs it with its config, metrics, evaluation report
-and parity sample, and registers it. A new version becomes `challenger`; it is promoted to `champion` only if it
-beats the champion on the same validation split (the champion is re-scored when its tag names another split).
+Rebuilds the merged model from base + the committed adapter, logs it with its config, metrics, evaluation report,
+parity sample and (when `make lexical` made them) the lexical model and hybrid policy, and registers it: one
+version. A new version becomes `challenger`; it is promoted to `champion` only if what it serves beats the champion on
+the same validation split (the champion's transformer is re-scored when its tag names another split).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from serving.hybrid import LEXICAL_FILE, POLICY_FILE
 from serving.text import unpack_ids
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line, flatten
 from training.modeling import PARITY_SAMPLE, load_tokenizer, load_trained, predict_ids
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 SELECTION_METRIC, SELECTION_SET = "validation_accuracy", "validation_set"
+HYBRID_DIR = "hybrid"  # run artifact folder of the lexical model and the hybrid policy
 
 
 def setup_tracking(experiment: str | None = None) -> None:
@@ -71,6 +74,15 @@ def assign_alias(
     return alias
 
 
+def served_validation_accuracy(model_dir: Path, summary: dict) -> float:
+    """What the gate compares: the validation accuracy of what the version serves (the hybrid's chosen mode when
+    `make lexical` ran, else the transformer alone)."""
+    if not (model_dir / POLICY_FILE).exists():
+        return summary["validation_accuracy"]
+    hybrid = json.loads((model_dir / POLICY_FILE).read_text())
+    return hybrid["validation_accuracy"][hybrid["mode"]]
+
+
 def log_and_register(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, registered_name: str, example_text: str
 ) -> str:
@@ -103,6 +115,9 @@ def register(model_dir: Path, config: ExperimentConfig) -> tuple[str, str]:
         )
         mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
         mlflow.log_artifact(str(model_dir / PARITY_SAMPLE))
+        for name in (LEXICAL_FILE, POLICY_FILE):  # the hybrid's half, registered with the transformer as one version
+            if (model_dir / name).exists():
+                mlflow.log_artifact(str(model_dir / name), HYBRID_DIR)
         report_dir = Path(config.reports_dir) / config.name
         if report_dir.exists():
             mlflow.log_artifacts(str(report_dir), "evaluation")
@@ -114,7 +129,7 @@ def register(model_dir: Path, config: ExperimentConfig) -> tuple[str, str]:
         MlflowClient(),
         config.registered_model,
         version,
-        summary["validation_accuracy"],
+        served_validation_accuracy(model_dir, summary),
         validation_set,
         model_dir / PARITY_SAMPLE,
     )

@@ -1,0 +1,104 @@
+"""The hybrid model: a lexical TF-IDF model beside the transformer, combined as an ensemble or a confidence cascade.
+
+One implementation of the decision, used where the policy is chosen (`training/lexical.py`), scored
+(`training/evaluate.py`) and served (`service.py`): the ensemble averages the two models' log-probabilities with the
+lexical weight `weight`; the cascade lets the lexical model answer alone when its top-two probability margin is at
+least `threshold` and sends every other text to the ensemble.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.runtime import softmax
+from serving.text import clean_text
+
+LEXICAL_FILE, POLICY_FILE = "lexical.onnx", "hybrid.json"
+Mode = Literal["transformer", "ensemble", "cascade"]
+Route = Literal["lexical", "ensemble", "transformer"]
+# Words as the lexical model sees them, in a regex that Python (scikit-learn) and RE2 (ONNX Runtime) read alike.
+TOKEN_PATTERN = r"[a-z0-9_]{2,}"
+
+
+def lexical_text(text: str) -> str:
+    """Cleaned and lower-cased in Python, so training and serving fold case the same way."""
+    return clean_text(text).lower()
+
+
+class LexicalModel:
+    """The lexical model as the service runs it: its ONNX export (skl2onnx), texts in, class probabilities out."""
+
+    def __init__(self, path: str | Path):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # a few microseconds of work: threads would cost more than they save
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        column = np.array([lexical_text(t) for t in texts], dtype=object).reshape(-1, 1)
+        return self.session.run(["probabilities"], {"text": column})[0].astype(np.float64)
+
+
+def top_two_margin(probs: np.ndarray) -> np.ndarray:
+    """Probability of the best class minus the runner-up's: a confidence that works for any number of classes."""
+    top_two = np.sort(probs, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0]
+
+
+def ensemble(lexical: np.ndarray, transformer: np.ndarray, weight: float) -> np.ndarray:
+    """Weighted average of log-probabilities (a product of experts), renormalised."""
+    eps = np.finfo(np.float64).tiny
+    logits = weight * np.log(np.maximum(lexical, eps)) + (1 - weight) * np.log(np.maximum(transformer, eps))
+    return softmax(logits)
+
+
+@dataclass(frozen=True)
+class HybridPolicy:
+    """How the served answer is made: `mode`, the ensemble's lexical `weight` and the cascade's margin `threshold`."""
+
+    weight: float
+    threshold: float
+    mode: Mode = "cascade"
+
+    def onward(self, lexical: np.ndarray | None, n_texts: int) -> np.ndarray:
+        """Indices of the texts the transformer must see: all of them, except in the cascade where the lexical model
+        answers those whose top-two margin reaches the threshold."""
+        if self.mode != "cascade":
+            return np.arange(n_texts)
+        return np.flatnonzero(top_two_margin(lexical) < self.threshold)
+
+    def merge(
+        self, lexical: np.ndarray | None, transformer: np.ndarray, onward: np.ndarray, n_texts: int
+    ) -> tuple[np.ndarray, list[Route]]:
+        """Every text's probabilities and path, given the transformer's probabilities for the `onward` texts."""
+        probs = lexical.copy() if lexical is not None else np.zeros((n_texts, transformer.shape[1]))
+        routes: list[Route] = ["lexical"] * n_texts
+        route: Route = "transformer" if self.mode == "transformer" else "ensemble"
+        if len(onward):
+            probs[onward] = (
+                transformer if route == "transformer" else ensemble(lexical[onward], transformer, self.weight)
+            )
+            for i in onward:
+                routes[i] = route
+        return probs, routes
+
+    def decide(self, lexical: np.ndarray, transformer: np.ndarray) -> np.ndarray:
+        """Offline: every text's served probabilities, given both models' probabilities for all of them."""
+        onward = self.onward(lexical, len(lexical))
+        return self.merge(lexical, transformer[onward], onward, len(lexical))[0]
+
+    def with_mode(self, mode: Mode) -> HybridPolicy:
+        return HybridPolicy(self.weight, self.threshold, mode)
+
+    def save(self, path: Path, **record) -> None:
+        path.write_text(json.dumps(asdict(self) | record, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> HybridPolicy:
+        saved = json.loads(Path(path).read_text())
+        return cls(saved["weight"], saved["threshold"], saved["mode"])

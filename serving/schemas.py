@@ -1,0 +1,58 @@
+"""The public API's bodies: every limit is in the schema, so the OpenAPI document is the contract."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.hybrid import Mode, Route
+from serving.settings import ServiceSettings
+
+SAMPLE = "A moving, beautifully acted film: I loved every minute of it."
+SETTINGS = ServiceSettings.from_env()  # read once, here: the schemas carry its limits and service.py its knobs
+
+# Non-blank = at least one character that is not ASCII whitespace: the same rule in JSON Schema, Python and pydantic.
+Text = Annotated[
+    str, Field(min_length=1, max_length=SETTINGS.max_text_chars, pattern=r"[^ \t\n\r\f\v]", description="A review")
+]
+
+
+ModeQuery = Annotated[
+    Mode | None,
+    Query(
+        description="Who answers: `cascade` (the lexical model alone when it is confident, else the ensemble), "
+        "`ensemble` (lexical + transformer for every text) or `transformer` (alone). Default: the service's mode "
+        "(`/health` says which), chosen on validation at export"
+    ),
+]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": SAMPLE}]})
+    text: Text
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"texts": [SAMPLE, "Dull, predictable and far too long."]}]}
+    )
+    texts: list[Text] = Field(min_length=1, max_length=SETTINGS.max_batch_texts)
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="The most likely class")
+    label_id: int
+    score: float = Field(description="Probability of `label`")
+    scores: dict[str, float] = Field(description="Probability of every class, summing to 1")
+    path: Route = Field(
+        description="What answered: the lexical model alone (confident cascade fast path), the lexical + transformer "
+        "ensemble, or the transformer alone"
+    )
+    model_version: str
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction] = Field(description="One prediction per input text, in input order")
+    model_version: str

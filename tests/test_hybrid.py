@@ -1,0 +1,76 @@
+"""The hybrid model offline: the lexical ONNX file answers as scikit-learn does, and the policy's rules hold."""
+
+import numpy as np
+import pytest
+
+from serving.hybrid import HybridPolicy, LexicalModel, lexical_text, top_two_margin
+from training.config import DataConfig, HybridConfig
+from training.data import load_data
+from training.lexical import THRESHOLDS, choose_policy, export_lexical, train_lexical
+
+
+@pytest.fixture(scope="module")
+def imdb_slice():
+    data = load_data(DataConfig(max_train_samples=3000, max_validation_samples=600))
+    return data.splits["train"], data.splits["validation"]
+
+
+@pytest.fixture(scope="module")
+def lexical_pair(imdb_slice, tmp_path_factory):
+    """Two real lexical models of different strength: the policy's rules need two models' probabilities, not the
+    transformer in particular."""
+    train, validation = imdb_slice
+    path = tmp_path_factory.mktemp("lexical") / "lexical.onnx"
+    strong = train_lexical(train["text"], train["label"], HybridConfig())
+    difference = export_lexical(strong, path, validation["text"])
+    weak = train_lexical(train["text"][:600], train["label"][:600], HybridConfig(ngram_max=1, C=0.5))
+    return path, difference, weak
+
+
+def test_lexical_onnx_answers_as_scikit_learn(lexical_pair, imdb_slice):
+    path, difference, _ = lexical_pair
+    assert difference <= 1e-4
+    probs = LexicalModel(path).predict_proba(["An unwatchable, boring mess.", "A wonderful, moving film."])
+    assert probs.argmax(1).tolist() == [0, 1]
+    # case and IMDb's <br /> tags are folded the same way in the service as in training
+    same = LexicalModel(path).predict_proba(["GREAT<br />film", "great film"])
+    np.testing.assert_allclose(same[0], same[1], atol=1e-6)
+
+
+def test_policy_is_chosen_by_its_rules(lexical_pair, imdb_slice):
+    path, _, weak = lexical_pair
+    _, validation = imdb_slice
+    labels = np.array(validation["label"])
+    lexical = LexicalModel(path).predict_proba(validation["text"])
+    other = weak.predict_proba([lexical_text(t) for t in validation["text"]])
+    config = HybridConfig(min_lexical_precision=0.97)
+    policy, evidence = choose_policy(lexical, other, labels, config)
+
+    accuracy = evidence["validation_accuracy"]
+    assert accuracy["ensemble"] >= accuracy["transformer"]  # weight 0 is on the grid
+    curve = {point["threshold"]: point for point in evidence["validation_curve"]}
+    assert curve[policy.threshold]["lexical_precision"] >= config.min_lexical_precision
+    lower = [t for t in THRESHOLDS if t < policy.threshold]
+    assert all(curve[t]["lexical_precision"] < config.min_lexical_precision for t in lower)  # the lowest that holds
+    share = evidence["validation_transformer_share"]
+    assert share == pytest.approx(float((top_two_margin(lexical) < policy.threshold).mean()))
+    assert policy.mode == (
+        "cascade" if accuracy["cascade"] >= accuracy["ensemble"] - config.max_cascade_loss else "ensemble"
+    )
+
+
+def test_cascade_routes_by_margin_for_any_number_of_classes_and_keeps_order():
+    lexical = np.array([[0.96, 0.02, 0.02], [0.40, 0.35, 0.25], [0.05, 0.05, 0.90], [0.50, 0.45, 0.05]])
+    transformer = np.array([[0.1, 0.8, 0.1]] * 4)
+    policy = HybridPolicy(weight=0.5, threshold=0.6, mode="cascade")
+    onward = policy.onward(lexical, 4)
+    assert onward.tolist() == [1, 3]  # margins 0.94, 0.05, 0.85, 0.05
+    probs, routes = policy.merge(lexical, transformer[onward], onward, 4)
+    assert routes == ["lexical", "ensemble", "lexical", "ensemble"]
+    np.testing.assert_allclose(probs[[0, 2]], lexical[[0, 2]])
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    np.testing.assert_allclose(probs, policy.decide(lexical, transformer))
+    for mode, route in (("ensemble", "ensemble"), ("transformer", "transformer")):
+        other = policy.with_mode(mode)
+        assert other.onward(lexical, 4).tolist() == [0, 1, 2, 3]
+        assert set(other.merge(lexical, transformer, other.onward(lexical, 4), 4)[1]) == {route}

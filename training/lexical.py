@@ -1,0 +1,196 @@
+"""The hybrid model's lexical half and its policy: TF-IDF (word n-grams) + logistic regression beside the transformer.
+
+    python -m training.lexical --model-dir models/imdb-minilm-lora
+
+Trains on the model's own train split and writes, beside the adapter, `lexical.onnx` (skl2onnx, checked against
+scikit-learn to 1e-4 on validation) and `hybrid.json`: the ensemble weight with the best validation accuracy, and the
+lowest cascade threshold at which the lexical model is at least `hybrid.min_lexical_precision` right on the reviews
+it answers alone. Everything is chosen on the whole validation split, never on test. Logged to the transformer's
+MLflow run when this store has it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import StringTensorType
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+
+from serving.hybrid import (
+    LEXICAL_FILE,
+    POLICY_FILE,
+    TOKEN_PATTERN,
+    HybridPolicy,
+    LexicalModel,
+    ensemble,
+    lexical_text,
+    top_two_margin,
+)
+from serving.text import unpack_ids
+from training.config import RELEASE_MODEL_DIR, ExperimentConfig, HybridConfig, command_line, flatten
+from training.modeling import PARITY_SAMPLE, load_tokenizer, load_trained, predict_ids
+from training.registry import setup_tracking
+
+WEIGHTS = np.round(np.arange(0, 1.0001, 0.025), 3)  # lexical weight in the ensemble: 0 is the transformer alone
+LEXICAL_MAX_ABS_DIFF = 1e-4  # the ONNX file must answer as scikit-learn does
+THRESHOLDS = np.round(np.arange(0, 1.0001, 0.01), 2)  # lexical top-two margin; 1.0 sends (almost) all onward
+
+
+def train_lexical(texts: list[str], labels: list[int], config: HybridConfig) -> Pipeline:
+    vectorizer = TfidfVectorizer(
+        ngram_range=(1, config.ngram_max),
+        min_df=config.min_df,
+        lowercase=False,  # done by lexical_text, the same in Python and in the service
+        token_pattern=TOKEN_PATTERN,
+    )
+    pipeline = make_pipeline(vectorizer, LogisticRegression(C=config.C, max_iter=2000))
+    return pipeline.fit([lexical_text(t) for t in texts], labels)
+
+
+def export_lexical(pipeline: Pipeline, path: Path, texts: list[str]) -> float:
+    """ONNX through skl2onnx (no pickle, no scikit-learn in the serving image); returns the largest probability
+    difference from scikit-learn on `texts`, refusing the file above `LEXICAL_MAX_ABS_DIFF`."""
+    vectorizer, classifier = pipeline.steps[0][1], pipeline.steps[-1][1]
+    options = {id(vectorizer): {"tokenexp": TOKEN_PATTERN, "separators": None}, id(classifier): {"zipmap": False}}
+    graph = to_onnx(pipeline, initial_types=[("text", StringTensorType([None, 1]))], options=options)
+    path.write_bytes(graph.SerializeToString())
+    reference = pipeline.predict_proba([lexical_text(t) for t in texts])
+    difference = float(np.abs(LexicalModel(path).predict_proba(texts) - reference).max())
+    if difference > LEXICAL_MAX_ABS_DIFF:
+        raise RuntimeError(f"{path.name} does not reproduce scikit-learn: max |dp| {difference:.2g}")
+    return difference
+
+
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean())
+
+
+def choose_weight(lexical: np.ndarray, transformer: np.ndarray, labels: np.ndarray) -> float:
+    """The lexical weight with the best accuracy (ties: the lower log loss)."""
+
+    def score(weight: float) -> tuple[float, float]:
+        probs = ensemble(lexical, transformer, weight)
+        return float((probs.argmax(1) == labels).mean()), -log_loss(probs, labels)
+
+    return float(max(WEIGHTS, key=score))
+
+
+def cascade_curve(lexical: np.ndarray, combined: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
+    """Per threshold: the share of texts sent to the transformer, the cascade's accuracy, and how right the lexical
+    model is on the texts it answers alone (the trade-off the threshold is chosen on)."""
+    margin, lexical_right = top_two_margin(lexical), lexical.argmax(1) == labels
+    curve = []
+    for threshold in THRESHOLDS:
+        alone = margin >= threshold
+        served = np.where(alone, lexical_right, combined.argmax(1) == labels)
+        curve.append(
+            {
+                "threshold": float(threshold),
+                "transformer_share": float(1 - alone.mean()),
+                "accuracy": float(served.mean()),
+                "lexical_precision": float(lexical_right[alone].mean()) if alone.any() else 1.0,
+            }
+        )
+    return curve
+
+
+def choose_threshold(curve: list[dict[str, float]], min_precision: float) -> float:
+    """The lowest threshold from which the lexical model is at least `min_precision` right on what it answers."""
+    passing = [point["threshold"] for point in curve if point["lexical_precision"] >= min_precision]
+    return min(passing) if passing else float(THRESHOLDS[-1])
+
+
+def choose_policy(
+    lexical: np.ndarray, transformer: np.ndarray, labels: np.ndarray, config: HybridConfig
+) -> tuple[HybridPolicy, dict]:
+    """The served policy and the validation evidence behind it."""
+    weight = choose_weight(lexical, transformer, labels)
+    combined = ensemble(lexical, transformer, weight)
+    curve = cascade_curve(lexical, combined, labels)
+    threshold = choose_threshold(curve, config.min_lexical_precision)
+    policy = HybridPolicy(weight, threshold, "cascade")
+    accuracy = {
+        mode: float((policy.with_mode(mode).decide(lexical, transformer).argmax(1) == labels).mean())
+        for mode in ("transformer", "ensemble", "cascade")
+    } | {"lexical": float((lexical.argmax(1) == labels).mean())}
+    if accuracy["cascade"] < accuracy["ensemble"] - config.max_cascade_loss:
+        policy = policy.with_mode("ensemble")
+    evidence = {
+        "validation_accuracy": accuracy,
+        "validation_transformer_share": len(policy.onward(lexical, len(labels))) / len(labels),
+        "rule": f"lowest margin threshold with lexical precision >= {config.min_lexical_precision} on validation; "
+        f"cascade served when within {config.max_cascade_loss} of the ensemble",
+        "n_validation": len(labels),
+        "validation_curve": curve,
+    }
+    return policy, evidence
+
+
+def log_to_training_run(run_id: str | None, config: ExperimentConfig, metrics: dict, files: list[Path]) -> None:
+    """Into the transformer's run when this store has it (a model trained elsewhere gets a run of its own)."""
+    setup_tracking(config.data.name)
+    try:
+        run_id = MlflowClient().get_run(run_id).info.run_id if run_id else None
+    except MlflowException:
+        run_id = None
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{config.name}-lexical"):
+        mlflow.log_params(flatten({"hybrid": vars(config.hybrid)}))
+        mlflow.log_metrics(metrics)
+        for file in files:
+            mlflow.log_artifact(str(file), "hybrid")
+
+
+def run(model_dir: Path, config: ExperimentConfig) -> dict:
+    from training.data import load_data
+
+    data = load_data(config.data)
+    train, validation = data.splits["train"], data.splits["validation"]
+    started = time.time()
+    pipeline = train_lexical(train["text"], train["label"], config.hybrid)
+    fit_seconds = time.time() - started
+    parity = export_lexical(pipeline, model_dir / LEXICAL_FILE, validation["text"])
+    lexical_probs = LexicalModel(model_dir / LEXICAL_FILE).predict_proba(validation["text"])  # as served
+
+    sample = np.load(model_dir / PARITY_SAMPLE)
+    labels = sample["labels"].astype(int)
+    if not np.array_equal(labels, np.array(validation["label"])):
+        raise ValueError(f"{PARITY_SAMPLE} is not this data's validation split: retrain or check data.* settings")
+    summary = json.loads((model_dir / "metrics.json").read_text())
+    model = load_trained(model_dir, config, summary["label_names"])
+    transformer_probs = predict_ids(
+        model, unpack_ids(sample["ids"], sample["offsets"]), load_tokenizer(config.model.checkpoint).pad_token_id
+    )
+    policy, evidence = choose_policy(lexical_probs, transformer_probs, labels, config.hybrid)
+    record = evidence | {
+        "lexical": {**vars(config.hybrid), "n_train": len(train), "fit_seconds": round(fit_seconds, 1)},
+        "lexical_onnx_max_abs_diff": parity,
+    }
+    policy.save(model_dir / POLICY_FILE, **record)
+    metrics = {f"validation_accuracy_{mode}": value for mode, value in evidence["validation_accuracy"].items()}
+    metrics |= {"hybrid_weight": policy.weight, "hybrid_threshold": policy.threshold}
+    log_to_training_run(
+        summary.get("mlflow_run_id"), config, metrics, [model_dir / LEXICAL_FILE, model_dir / POLICY_FILE]
+    )
+    return (
+        {"mode": policy.mode, "weight": policy.weight, "threshold": policy.threshold}
+        | metrics
+        | {"validation_transformer_share": evidence["validation_transformer_share"]}
+    )
+
+
+def main() -> None:
+    config, args = command_line(ExperimentConfig, __doc__, source="--model-dir", default=RELEASE_MODEL_DIR)
+    print(json.dumps(run(args.source, config), indent=2))
+
+
+if __name__ == "__main__":
+    main()
