@@ -1,8 +1,10 @@
-"""One run, same texts, four ways to serve the model:
+"""One run, same texts, every way to serve the model:
 
-1. in-process ONNX Runtime, the file the service serves (the ceiling: no HTTP, batches of 32 through its runtime);
-2. the BentoML service with adaptive batching;
-3. the same service with batching off (ADAPTIVE_BATCHING=0);
+1. in-process, per served mode (cascade, ensemble, transformer): the lexical model and the ONNX file the service
+   serves, batches of 32 through the service's runtime, no HTTP (each mode's ceiling), and its accuracy on these
+   reviews;
+2. the BentoML service with adaptive batching, in each mode (`?mode=`);
+3. the same service with batching off (ADAPTIVE_BATCHING=0), transformer alone;
 4. a naive peer: FastAPI + transformers.pipeline, PyTorch fp32, one request at a time.
 
 HTTP systems get a closed-loop load of `c` concurrent clients (aiohttp, one review per request) for each `c`;
@@ -20,6 +22,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import bentoml
@@ -30,15 +33,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
+from loadtests.common import ROOT, bentoml_serve, running, sample_labelled
+from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel
 from serving.runtime import cpu_flags
 from serving.selfcheck import SelfCheckLimits, load_classifier
 
 OUT = ROOT / "reports" / "benchmark"
+MODES = ["cascade", "ensemble", "transformer"]
 TARGET_P95_MS = 100.0
 
 
 async def closed_loop(url: str, texts: list[str], concurrency: int, seconds: float) -> dict:
+    """`url`: the predict endpoint, with its query."""
     """`concurrency` clients each sending one review, waiting for the answer, and sending the next."""
     latencies: list[float] = []
     failures = 0
@@ -49,7 +55,7 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, seconds: flo
         nonlocal failures
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            async with session.post(f"{url}/predict", json={"text": next(cycle)}) as response:
+            async with session.post(url, json={"text": next(cycle)}) as response:
                 await response.read()
                 if response.status != 200:
                     failures += 1
@@ -77,33 +83,37 @@ def sweep(url: str, texts: list[str], levels: list[int], seconds: float) -> list
     return [asyncio.run(closed_loop(url, texts, c, seconds)) for c in levels]
 
 
-def texts_per_second(run, n_texts: int) -> float:
-    started = time.perf_counter()
-    run()
-    return n_texts / (time.perf_counter() - started)
-
-
-def in_process_ceiling(texts: list[str], batch_size: int = 32) -> dict:
-    """Texts/s without HTTP through the service's runtime: one text per call on all cores, and batches of texts
-    run as parallel single-thread calls (what an adaptive batch gets: the ceiling)."""
+def in_process_ceiling(texts: list[str], labels: np.ndarray, batch_size: int = 32) -> dict:
+    """Texts/s without HTTP through the service's runtime and lexical model, per mode, with each mode's accuracy on
+    these reviews: one text per call on all cores, and batches run as parallel single-thread calls (what an adaptive
+    batch gets: the ceiling)."""
     model = bentoml.models.get(os.environ.get("BENTO_MODEL_TAG", "imdb-sentiment-onnx:latest"))
     runtime, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
-    ids = runtime.encode(texts)
-    chunks = [ids[start : start + batch_size] for start in range(0, len(ids), batch_size)]
-    runtime.predict_ids(chunks[0])  # warm-up
-    result = {
-        "served": check.served,
-        "one_at_a_time_all_threads_texts_per_s": texts_per_second(
-            lambda: [runtime.predict_ids([x]) for x in ids], len(texts)
-        ),
-        "texts_per_s_batched": texts_per_second(lambda: [runtime.predict_ids(c) for c in chunks], len(texts)),
-    }
+    lexical = LexicalModel(Path(model.path) / LEXICAL_FILE)
+    policy = HybridPolicy.load(Path(model.path) / POLICY_FILE)
+    chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+    runtime.predict_proba(chunks[0])  # warm-up
+
+    def serve(chunk: list[str], mode: str) -> np.ndarray:
+        chosen = policy.with_mode(mode)
+        lexical_probs = lexical.predict_proba(chunk) if mode != "transformer" else None
+        onward = chosen.onward(lexical_probs, len(chunk))
+        transformer = runtime.predict_proba([chunk[i] for i in onward])
+        return chosen.merge(lexical_probs, transformer, onward, len(chunk))[0]
+
+    result = {"served": check.served, "default_mode": policy.mode, "modes": {}}
+    for mode in MODES:
+        started = time.perf_counter()
+        answers = np.concatenate([serve(chunk, mode) for chunk in chunks])
+        rate = len(texts) / (time.perf_counter() - started)
+        accuracy = float((answers.argmax(1) == labels).mean())
+        result["modes"][mode] = {"texts_per_s_batched": rate, "accuracy": accuracy}
     single = []
     for text in texts[:200]:
         begun = time.perf_counter()
         runtime.predict_proba([text])
         single.append(1000 * (time.perf_counter() - begun))
-    result["single_p50_ms"] = float(np.median(single))
+    result["transformer_single_p50_ms"] = float(np.median(single))
     return result
 
 
@@ -116,7 +126,7 @@ def deadline_sweep(texts: list[str], deadlines_ms: list[int], concurrency: int, 
     for port, deadline in enumerate(deadlines_ms, start=3310):
         url = f"http://127.0.0.1:{port}"
         with running(bentoml_serve(port), f"{url}/health", {"MAX_LATENCY_MS": str(deadline)}):
-            row = sweep(url, texts, [concurrency], seconds)[0]
+            row = sweep(f"{url}/predict", texts, [concurrency], seconds)[0]
         rows.append({"max_latency_ms": deadline, **row})
         print(rows[-1], flush=True)
     return rows
@@ -134,25 +144,35 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--deadlines", type=int, nargs="+", default=[50, 200, 2000, 5000], help="max_latency_ms to try")
     args = parser.parse_args()
-    texts = sample_reviews(args.texts, seed=1)
-    ceiling = in_process_ceiling(texts)
+    texts, labels = sample_labelled(args.texts, seed=1)
+    ceiling = in_process_ceiling(texts, labels)
     print("in-process", ceiling, flush=True)
 
-    systems = {
-        "bentoml-batching": (bentoml_serve(3301), "http://127.0.0.1:3301", {}),
-        "bentoml-no-batching": (bentoml_serve(3302), "http://127.0.0.1:3302", {"ADAPTIVE_BATCHING": "0"}),
+    batching = (bentoml_serve(3301), "http://127.0.0.1:3301", {})
+    systems = {  # name: (command, base url, environment, modes to sweep on one server)
+        "bentoml-batching": (*batching, MODES),
+        "bentoml-no-batching": (
+            bentoml_serve(3302),
+            "http://127.0.0.1:3302",
+            {"ADAPTIVE_BATCHING": "0"},
+            ["transformer"],
+        ),
         "fastapi-pipeline-fp32": (
             [sys.executable, "-m", "loadtests.naive_server", "--port", "3303"],
             "http://127.0.0.1:3303",
             {},
+            [None],
         ),
     }
     rows = []
-    for name, (command, url, env) in systems.items():
+    for name, (command, url, env, modes) in systems.items():
         with running(command, f"{url}/health", env):
-            for row in sweep(url, texts, args.concurrency, args.seconds):
-                rows.append({"system": name, **row})
-                print(rows[-1], flush=True)
+            for mode in modes:
+                endpoint = f"{url}/predict" + (f"?mode={mode}" if mode else "")
+                system = f"{name}-{mode}" if name == "bentoml-batching" else name
+                for row in sweep(endpoint, texts, args.concurrency, args.seconds):
+                    rows.append({"system": system, **row})
+                    print(rows[-1], flush=True)
     deadlines = deadline_sweep(texts, args.deadlines, max(args.concurrency), args.seconds)
     write_report(ceiling, pd.DataFrame(rows), pd.DataFrame(deadlines), args)
 
@@ -161,11 +181,12 @@ def write_report(ceiling: dict, rows: pd.DataFrame, deadlines: pd.DataFrame, arg
     OUT.mkdir(parents=True, exist_ok=True)
     rows.to_csv(OUT / "sweep.csv", index=False)
     summary = {
-        f"in-process-onnx-{ceiling['served']}": {
-            "max_rps": ceiling["texts_per_s_batched"],
+        f"in-process-{mode}-{ceiling['served']}": {
+            "max_rps": m["texts_per_s_batched"],
             "p95_ms": None,
             "concurrency": None,
         }
+        for mode, m in ceiling["modes"].items()
     }
     for name, group in rows.groupby("system", sort=False):
         best = best_under_target(group.to_dict("records"))
@@ -177,11 +198,13 @@ def write_report(ceiling: dict, rows: pd.DataFrame, deadlines: pd.DataFrame, arg
             "peak_rps": float(peak.rps),
             "p95_ms_at_peak": float(peak.p95_ms),
         }
-    ceiling_rps = ceiling["texts_per_s_batched"]
-    batching, naive = summary["bentoml-batching"], summary["fastapi-pipeline-fp32"]
+    default = ceiling["default_mode"]
+    ceiling_rps = ceiling["modes"][default]["texts_per_s_batched"]
+    batching, naive = summary[f"bentoml-batching-{default}"], summary["fastapi-pipeline-fp32"]
     result = {
         "ceiling": ceiling,
         "systems": summary,
+        "default_system": f"bentoml-batching-{default}",
         "cpu_count": os.cpu_count(),
         "cpu": cpu_flags(),
         "ratio_batching_to_ceiling": batching["max_rps"] / ceiling_rps,
@@ -201,7 +224,7 @@ def write_report(ceiling: dict, rows: pd.DataFrame, deadlines: pd.DataFrame, arg
     for name, group in rows.groupby("system", sort=False):
         ax.plot(group.rps, group.p95_ms, marker="o", label=name)
     ax.axhline(TARGET_P95_MS, color="red", linestyle="--", linewidth=1, label="p95 target")
-    ax.axvline(ceiling_rps, color="gray", linestyle=":", label="in-process ONNX ceiling")
+    ax.axvline(ceiling_rps, color="gray", linestyle=":", label=f"in-process ceiling ({default})")
     ax.set(xlabel="requests/s", ylabel="p95 latency (ms)", yscale="log", title="p95 latency vs throughput")
     ax.legend()
     fig.tight_layout()
@@ -212,7 +235,13 @@ def write_report(ceiling: dict, rows: pd.DataFrame, deadlines: pd.DataFrame, arg
     for name, s in summary.items():
         p95 = "" if s["p95_ms"] is None else f"{s['p95_ms']:.1f}"
         concurrency = "" if s["concurrency"] is None else s["concurrency"]
-        lines.append(f"| {name} | {s['max_rps']:.1f} | {p95} | {concurrency} | {s['max_rps'] / ceiling_rps:.2f} |")
+        mode = next((m for m in MODES if f"-{m}" in name), "transformer")
+        accuracy = ceiling["modes"][mode]["accuracy"] if name != "fastapi-pipeline-fp32" else None
+        own_ceiling = ceiling["modes"][mode]["texts_per_s_batched"]
+        lines.append(
+            f"| {name} | {s['max_rps']:.1f} | {p95} | {concurrency} | {s['max_rps'] / own_ceiling:.2f} "
+            f"| {'' if accuracy is None else f'{accuracy:.4f}'} |"
+        )
     table = "\n".join(lines)
     naive_best_p95 = rows[rows.system == "fastapi-pipeline-fp32"].p95_ms.min()
     naive_ratio = (
@@ -232,15 +261,15 @@ load generator on the same machine. {args.texts} real IMDb test reviews; closed 
 concurrency {args.concurrency}, {args.seconds:.0f} s per level. Best requests/s whose p95 < {TARGET_P95_MS:.0f} ms,
 no failures.
 
-| system | max requests/s (p95 < 100 ms) | p95 ms there | concurrency | ratio to ceiling |
-|---|---|---|---|---|
+| system | max requests/s (p95 < 100 ms) | p95 ms there | concurrency | ratio to its mode's ceiling | accuracy |
+|---|---|---|---|---|---|
 {table}
 
-In-process, same reviews, no HTTP, the {ceiling["served"]} file the service serves: one at a time on all cores
-{ceiling["one_at_a_time_all_threads_texts_per_s"]:.1f} reviews/s; batches of 32 run as parallel single-thread
-calls, as the service runs an adaptive batch, {ceiling["texts_per_s_batched"]:.1f}/s (the ceiling). Single review
-p50 {ceiling["single_p50_ms"]:.1f} ms.
-Adaptive batching vs ceiling: **{result["ratio_batching_to_ceiling"]:.2f}** (target >= 0.80);
+In-process, same reviews, no HTTP, the {ceiling["served"]} file the service serves and the lexical model:
+batches of 32 run as the service runs an adaptive batch (each mode's ceiling); accuracy: each mode on these
+reviews. The transformer alone on one review: p50 {ceiling["transformer_single_p50_ms"]:.1f} ms. The service's
+default mode is **{default}**.
+Adaptive batching in the default mode vs its ceiling: **{result["ratio_batching_to_ceiling"]:.2f}** (target >= 0.80);
 vs the naive peer: {naive_ratio} (target >= 4x); at each one's peak, whatever its latency,
 {batching["peak_rps"]:.1f} vs {naive["peak_rps"]:.1f} requests/s: **{result["peak_ratio_batching_to_naive"]:.1f}x**.
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import requests
 
@@ -17,9 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 IMDB_TEST = Path(os.environ.get("TEXTCLF_DATA_DIR", ROOT.parent / "shared" / "data")) / "imdb" / "test.parquet"
 
 
+def sample_labelled(n: int = 2000, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """A seeded random sample of real IMDb test reviews (the natural length mix, both classes) and their labels."""
+    frame = pd.read_parquet(IMDB_TEST, columns=["text", "label"]).sample(n, random_state=seed)
+    return frame.text.tolist(), frame.label.to_numpy()
+
+
 def sample_reviews(n: int = 2000, seed: int = 0) -> list[str]:
-    """A seeded random sample of real IMDb test reviews: the natural length mix, both classes."""
-    return pd.read_parquet(IMDB_TEST, columns=["text"]).text.sample(n, random_state=seed).tolist()
+    return sample_labelled(n, seed)[0]
 
 
 @contextmanager

@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.8)
     args = parser.parse_args()
     benchmark = json.loads((ROOT / "reports" / "benchmark" / "benchmark.json").read_text())
-    best = benchmark["systems"]["bentoml-batching"]["max_rps"]
+    best = benchmark["systems"][benchmark["default_system"]]["max_rps"]
     rate = args.share * best
     texts = sample_reviews(2000, seed=5)
     url = f"http://127.0.0.1:{PORT}"

@@ -1,4 +1,4 @@
-"""Classification metrics, computed the same way for the baseline, training and evaluation."""
+"""Classification metrics, computed the same way for the lexical model, training and evaluation."""
 
 from __future__ import annotations
 
