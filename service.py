@@ -8,8 +8,6 @@ Settings: `serving/settings.py` (environment variables); the int8 self-check: `s
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -18,12 +16,12 @@ from pathlib import Path
 import bentoml
 import numpy as np
 from fastapi import Depends, FastAPI, Request, Response
-from pythonjsonlogger.json import JsonFormatter
 
 from serving import errors
 from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel, Mode
 from serving.schemas import SETTINGS, BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
 from serving.selfcheck import SelfCheckLimits, load_classifier
+from serving.telemetry import RequestTelemetry
 
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
 HEALTH_TIMEOUT_S = 2.0
@@ -104,25 +102,7 @@ class SentimentAPI:
         self.policy = self._policy(SETTINGS.hybrid_mode or self.policy.mode)
         # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
         self.deadline_s = SETTINGS.max_latency_ms / 1000 + SETTINGS.classify_timeout_s
-        self.log = logging.getLogger("sentiment.requests")
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"asctime": "time"}))
-        self.log.handlers, self.log.propagate = [handler], False
-        self.log.setLevel(logging.INFO)
-        self.predictions = bentoml.metrics.Counter(
-            name="sentiment_predictions", documentation="Predictions served, by label", labelnames=["label"]
-        )
-        self.routed = bentoml.metrics.Counter(
-            name="sentiment_routed",
-            documentation="Texts answered, by path (lexical, ensemble, transformer)",
-            labelnames=["path"],
-        )
-        self.request_texts = bentoml.metrics.Histogram(
-            name="sentiment_request_texts",
-            documentation="Texts per request",
-            labelnames=["endpoint"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-        )
+        self.telemetry = RequestTelemetry(self.model_version, SETTINGS.log_text)
 
     def _prediction(self, probabilities: np.ndarray, path: str) -> Prediction:
         best = int(probabilities.argmax())
@@ -169,21 +149,7 @@ class SentimentAPI:
             raise errors.ApiError(503, f"the classifier is unavailable ({type(error).__name__})") from error
         finally:
             self.in_flight -= 1
-        for prediction in predictions:
-            self.predictions.labels(label=prediction.label).inc()
-            self.routed.labels(path=prediction.path).inc()
-        endpoint = request.url.path
-        self.request_texts.labels(endpoint=endpoint).observe(len(texts))
-        record = {
-            "request_id": request_id,
-            "endpoint": endpoint,
-            "batch_size": len(texts),
-            "latency_ms": round(1000 * (time.perf_counter() - started), 2),
-            "labels": [p.label for p in predictions],
-            "paths": [p.path for p in predictions],
-            "model_version": self.model_version,
-        }
-        self.log.info("prediction", extra=record | ({"texts": texts} if SETTINGS.log_text else {}))
+        self.telemetry.record(request_id, request.url.path, texts, predictions, started)
         return predictions
 
     @app.post("/predict", **JSON_ONLY)
