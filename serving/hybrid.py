@@ -39,9 +39,14 @@ class LexicalModel:
         options.intra_op_num_threads = 1  # a few microseconds of work: threads would cost more than they save
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
+    def predict_proba(self, texts: list[str], chunk: int = 256) -> np.ndarray:
+        """Probabilities of one or more texts, in chunks: ONNX Runtime's TF-IDF output is dense (~0.6 MB per text)."""
         column = np.array([lexical_text(t) for t in texts], dtype=object).reshape(-1, 1)
-        return self.session.run(["probabilities"], {"text": column})[0].astype(np.float64)
+        parts = [
+            self.session.run(["probabilities"], {"text": column[start : start + chunk]})[0]
+            for start in range(0, len(column), chunk)
+        ]
+        return np.concatenate(parts).astype(np.float64)
 
 
 def top_two_margin(probs: np.ndarray) -> np.ndarray:
