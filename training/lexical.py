@@ -104,7 +104,7 @@ def cascade_curve(lexical: np.ndarray, combined: np.ndarray, labels: np.ndarray)
 
 
 def choose_threshold(curve: list[dict[str, float]], min_precision: float) -> float:
-    """The lowest threshold from which the lexical model is at least `min_precision` right on what it answers."""
+    """The lowest threshold at which the lexical model is at least `min_precision` right on what it answers alone."""
     passing = [point["threshold"] for point in curve if point["lexical_precision"] >= min_precision]
     return min(passing) if passing else float(THRESHOLDS[-1])
 
@@ -154,16 +154,16 @@ def run(model_dir: Path, config: ExperimentConfig) -> dict:
 
     data = load_data(config.data)
     train, validation = data.splits["train"], data.splits["validation"]
+    sample = np.load(model_dir / PARITY_SAMPLE)  # the transformer's validation split, as token ids
+    labels = sample["labels"].astype(int)
+    if not np.array_equal(labels, np.array(validation["label"])):
+        raise ValueError(f"{PARITY_SAMPLE} is not this data's validation split: retrain or check data.* settings")
+
     started = time.time()
     pipeline = train_lexical(train["text"], train["label"], config.hybrid)
     fit_seconds = time.time() - started
     parity = export_lexical(pipeline, model_dir / LEXICAL_FILE, validation["text"])
     lexical_probs = LexicalModel(model_dir / LEXICAL_FILE).predict_proba(validation["text"])  # as served
-
-    sample = np.load(model_dir / PARITY_SAMPLE)
-    labels = sample["labels"].astype(int)
-    if not np.array_equal(labels, np.array(validation["label"])):
-        raise ValueError(f"{PARITY_SAMPLE} is not this data's validation split: retrain or check data.* settings")
     summary = json.loads((model_dir / "metrics.json").read_text())
     model = load_trained(model_dir, config, summary["label_names"])
     transformer_probs = predict_ids(
