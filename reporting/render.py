@@ -260,6 +260,8 @@ def main() -> None:
     evaluation = _load(REPORTS / config.name / "evaluation.json")
     parity = _load(REPORTS / "export" / "parity.json")
     benchmark = _load(REPORTS / "benchmark" / "benchmark.json")
+    if benchmark and "default_system" not in benchmark:  # measured before the service had modes: not this service
+        benchmark = None
     loadtest = _load(REPORTS / "loadtest" / "results.csv")
     soak = _load(REPORTS / "soak" / "soak.json")
     container = _load(REPORTS / "container" / "container.json")
