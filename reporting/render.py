@@ -188,7 +188,7 @@ def readme_results(metrics: dict, evaluation, parity, benchmark, loadtest, conta
     )
     for mode, m in hybrid_modes(evaluation).items():
         rows.append(
-            f"| {mode} test accuracy (PyTorch transformer; {m['transformer_share']:.1%} of reviews reach it) "
+            f"| {mode}: test accuracy ({m['transformer_share']:.1%} of reviews reach the PyTorch transformer) "
             f"| {m['accuracy']:.4f} | `reports/{metrics['name']}/evaluation.json` |"
         )
     if served:
