@@ -24,7 +24,7 @@ lint:
 eda:  ## dataset report -> reports/eda/<dataset>/
 	$(PYTHON) -m training.eda --config $(CONFIG)
 
-lexical:  ## the hybrid's TF-IDF + LR half and its policy, chosen on validation -> models/<name>/lexical.onnx, hybrid.json
+lexical:  ## the hybrid's TF-IDF + LR half and its policy, chosen on validation -> models/<name>/lexical.onnx.gz, hybrid.json
 	$(PYTHON) -m training.lexical --model-dir $(MODEL_DIR) $(ARGS)
 
 train:  ## fine-tune (CONFIG=..., extra overrides in ARGS="train.epochs=2 ...") -> models/<name>/

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serving.hybrid import HybridPolicy, LexicalModel, lexical_text, top_two_margin
+from serving.hybrid import LEXICAL_FILE, HybridPolicy, LexicalModel, lexical_text, top_two_margin
 from training.config import DataConfig, HybridConfig
 from training.data import load_data
 from training.lexical import THRESHOLDS, choose_policy, export_lexical, train_lexical
@@ -20,7 +20,7 @@ def lexical_pair(imdb_slice, tmp_path_factory):
     """Two real lexical models of different strength: the policy's rules need two models' probabilities, not the
     transformer in particular."""
     train, validation = imdb_slice
-    path = tmp_path_factory.mktemp("lexical") / "lexical.onnx"
+    path = tmp_path_factory.mktemp("lexical") / LEXICAL_FILE
     strong = train_lexical(train["text"], train["label"], HybridConfig())
     difference = export_lexical(strong, path, validation["text"])
     weak = train_lexical(train["text"][:600], train["label"][:600], HybridConfig(ngram_max=1, C=0.5))

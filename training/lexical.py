@@ -2,7 +2,7 @@
 
     python -m training.lexical --model-dir models/imdb-minilm-lora
 
-Trains on the model's own train split and writes, beside the adapter, `lexical.onnx` (skl2onnx, checked against
+Trains on the model's own train split and writes, beside the adapter, `lexical.onnx.gz` (skl2onnx, checked against
 scikit-learn to 1e-4 on validation) and `hybrid.json`: the ensemble weight with the best validation accuracy, and the
 lowest cascade threshold at which the lexical model is at least `hybrid.min_lexical_precision` right on the reviews
 it answers alone. Everything is chosen on the whole validation split, never on test. Logged to the transformer's
@@ -11,6 +11,7 @@ MLflow run when this store has it.
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def export_lexical(pipeline: Pipeline, path: Path, texts: list[str]) -> float:
     vectorizer, classifier = pipeline.steps[0][1], pipeline.steps[-1][1]
     options = {id(vectorizer): {"tokenexp": TOKEN_PATTERN, "separators": None}, id(classifier): {"zipmap": False}}
     graph = to_onnx(pipeline, initial_types=[("text", StringTensorType([None, 1]))], options=options)
-    path.write_bytes(graph.SerializeToString())
+    path.write_bytes(gzip.compress(graph.SerializeToString(), mtime=0))
     reference = pipeline.predict_proba([lexical_text(t) for t in texts])
     difference = float(np.abs(LexicalModel(path).predict_proba(texts) - reference).max())
     if difference > LEXICAL_MAX_ABS_DIFF:
