@@ -13,10 +13,12 @@ export TOKENIZERS_PARALLELISM ?= true
 	containerize test-container test-compose \
 	loadtest benchmark soak report mlflow-ui notebook test all
 
-install:  ## create .venv from requirements.txt (torch is the CPU build)
+install:  ## create .venv from requirements.txt (torch is the CPU build), and Debian's chromium for the UI test
 	python3.11 -m venv .venv
 	.venv/bin/pip install --upgrade pip==26.3
 	.venv/bin/pip install -r requirements.txt
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "tests/test_ui.py needs Debian's chromium: sudo apt-get install chromium"
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -11,21 +11,19 @@ import asyncio
 import time
 import uuid
 from dataclasses import asdict
-from pathlib import Path
 
 import bentoml
-import numpy as np
 from fastapi import Depends, FastAPI, Request, Response
 
 from serving import errors
-from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel, Mode
+from serving.explain import Explainer, Explanation
+from serving.hybrid import HybridPolicy, HybridRouter, Mode
 from serving.schemas import SETTINGS, BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
-from serving.selfcheck import SelfCheckLimits, load_classifier
-from serving.telemetry import RequestTelemetry
+from serving.selfcheck import VARIANT_FILES, SelfCheckLimits, load_classifier
+from serving.telemetry import RequestTelemetry, publish_selfcheck
 
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
 HEALTH_TIMEOUT_S = 2.0
-TRANSFORMER_ONLY = HybridPolicy(weight=0.0, threshold=1.0, mode="transformer")  # a model exported without hybrid
 
 # Serving image: a slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's
 # default system-package step (build-essential, git: ~640 MB) that nothing here needs; the installer (uv) and its
@@ -55,13 +53,7 @@ class OnnxClassifier:
         limits = SelfCheckLimits(**self.model.info.metadata["selfcheck"])
         self.runtime, self.check = load_classifier(self.model.path, limits, SETTINGS.workers)
         self.calls = self.texts = 0
-        bentoml.metrics.Gauge(
-            name="sentiment_int8_selfcheck_agreement",
-            documentation="int8 vs fp32 argmax agreement on the golden set, measured at start on this CPU",
-        ).set(self.check.agreement if self.check.agreement is not None else -1)
-        bentoml.metrics.Gauge(
-            name="sentiment_served_variant", documentation="1 for the variant served", labelnames=["variant"]
-        ).labels(variant=self.check.served).set(1)
+        publish_selfcheck(self.check)
 
     @bentoml.api(
         batchable=SETTINGS.adaptive_batching,
@@ -95,62 +87,78 @@ class SentimentAPI:
         self.label_names: list[str] = info.metadata["label_names"]
         self.model_version = f"{info.metadata['mlflow_model']}:{info.metadata['mlflow_version']}"
         self.model_tag = str(info.tag)
-        self.in_flight = 0
-        path = Path(self.model.path)
-        self.lexical = LexicalModel(path / LEXICAL_FILE) if (path / LEXICAL_FILE).exists() else None
-        self.policy = HybridPolicy.load(path / POLICY_FILE) if self.lexical else TRANSFORMER_ONLY
-        self.policy = self._policy(SETTINGS.hybrid_mode or self.policy.mode)
+        self.hybrid = HybridRouter(self.model.path, SETTINGS.hybrid_mode)
+        self.in_flight = self.explaining = 0
         # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
         self.deadline_s = SETTINGS.max_latency_ms / 1000 + SETTINGS.classify_timeout_s
         self.telemetry = RequestTelemetry(self.model_version, SETTINGS.log_text)
+        from serving.ui import mount_ui  # here: only this worker imports Gradio (seconds); the classifier never does
 
-    def _prediction(self, probabilities: np.ndarray, path: str) -> Prediction:
-        best = int(probabilities.argmax())
-        return Prediction(
-            label=self.label_names[best],
-            label_id=best,
-            score=float(probabilities[best]),
-            scores=dict(zip(self.label_names, probabilities.tolist(), strict=True)),
-            path=path,
-            model_version=self.model_version,
-        )
+        mount_ui(app, path="/ui")
 
-    def _policy(self, mode: Mode | None) -> HybridPolicy:
-        if mode and mode != "transformer" and self.lexical is None:
-            raise errors.ApiError(422, f"mode {mode!r} needs the hybrid's lexical model, which {self.model_tag} lacks")
-        return self.policy.with_mode(mode) if mode else self.policy
+    async def _transformer(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.wait_for(self.classifier.to_async.classify(texts), self.deadline_s)
 
-    async def _classify(self, texts: list[str], policy: HybridPolicy) -> list[Prediction]:
-        """The cascade: the lexical model answers here the texts it is sure of; the rest go to the batched
-        transformer (and are combined with the lexical probabilities outside the transformer-only mode)."""
-        lexical = self.lexical.predict_proba(texts) if policy.mode != "transformer" else None
-        onward = policy.onward(lexical, len(texts))
-        transformer = []
-        if len(onward):
-            call = self.classifier.to_async.classify([texts[i] for i in onward])
-            transformer = await asyncio.wait_for(call, self.deadline_s)
-        probs, routes = policy.merge(lexical, np.array(transformer), onward, len(texts))
-        return [self._prediction(p, route) for p, route in zip(probs, routes, strict=True)]
+    def _mode(self, mode: Mode | None) -> HybridPolicy:
+        try:
+            return self.hybrid.policy_for(mode)
+        except ValueError as error:
+            raise errors.ApiError(422, f"{error} ({self.model_tag})") from error
 
-    async def _predict(
-        self, texts: list[str], mode: Mode | None, request: Request, response: Response
-    ) -> list[Prediction]:
+    async def classify_texts(self, texts: list[str], mode: Mode | None = None) -> list[Prediction]:
         """Admission control first: past `max_in_flight` requests the answer is a fast 503, not a long queue."""
-        policy = self._policy(mode)
+        policy = self._mode(mode)
         if self.in_flight >= SETTINGS.max_in_flight:
             raise errors.ApiError(503, f"over {SETTINGS.max_in_flight} requests in flight; retry shortly")
-        started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response.headers["x-request-id"] = request_id
         self.in_flight += 1
         try:
-            predictions = await self._classify(texts, policy)
+            probs, paths = await self.hybrid.classify(texts, policy, self._transformer)
         except Exception as error:  # the classifier is down or restarting, or the batch deadline passed
             raise errors.ApiError(503, f"the classifier is unavailable ({type(error).__name__})") from error
         finally:
             self.in_flight -= 1
+        return [
+            Prediction.of(p, path, self.label_names, self.model_version) for p, path in zip(probs, paths, strict=True)
+        ]
+
+    async def _predict(
+        self, texts: list[str], mode: Mode | None, request: Request, response: Response
+    ) -> list[Prediction]:
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        response.headers["x-request-id"] = request_id
+        predictions = await self.classify_texts(texts, mode)
         self.telemetry.record(request_id, request.url.path, texts, predictions, started)
         return predictions
+
+    @bentoml.on_startup
+    async def _start_explainer(self) -> None:
+        """In the background: SHAP compiles its kernels on first use (~10 s), and readiness must not wait for it."""
+        self.explainer = asyncio.create_task(self._load_explainer())
+
+    async def _load_explainer(self) -> Explainer:
+        while True:  # the variant served (int8 or fp32) is the classifier's choice, known once it is up
+            try:
+                served = await asyncio.wait_for(self.classifier.to_async.status(), HEALTH_TIMEOUT_S)
+                break
+            except Exception:
+                await asyncio.sleep(1.0)
+        variant = VARIANT_FILES[served["served"]]
+        return await asyncio.to_thread(Explainer, self.model.path, variant, self.hybrid.lexical, SETTINGS.workers)
+
+    async def explain_text(self, text: str, mode: Mode | None = None) -> Explanation:
+        """On its own ONNX session and concurrency limit: explanations never queue in the predict path."""
+        policy = self._mode(mode)
+        if not self.explainer.done():
+            raise errors.ApiError(503, "the explainer is warming up; retry shortly")
+        if self.explaining >= SETTINGS.max_explain_in_flight:
+            raise errors.ApiError(503, f"over {SETTINGS.max_explain_in_flight} explanations in flight; retry shortly")
+        self.explaining += 1
+        try:
+            explainer = self.explainer.result()
+            return await asyncio.to_thread(explainer.explain, text, policy, SETTINGS.explain_max_evals)
+        finally:
+            self.explaining -= 1
 
     @app.post("/predict", **JSON_ONLY)
     async def predict(
@@ -168,6 +176,11 @@ class SentimentAPI:
         predictions = await self._predict(body.texts, mode, request, response)
         return BatchPrediction(predictions=predictions, model_version=self.model_version)
 
+    @app.post("/explain", **JSON_ONLY)
+    async def explain(self, body: PredictRequest, mode: ModeQuery = None) -> Explanation:
+        """Why: per-word SHAP attributions of the served decision on the words the transformer reads."""
+        return await self.explain_text(body.text, mode)
+
     @app.get("/health", responses={503: errors.ERROR_RESPONSES[503]})
     async def health(self) -> dict:
         """200 once the classifier has its model loaded (with the variant it serves), 503 before or when down."""
@@ -181,6 +194,7 @@ class SentimentAPI:
             "model": self.model_tag,
             "version": self.model_version,
             "selfcheck": check,
-            "hybrid": asdict(self.policy) | {"lexical_model": self.lexical is not None},
+            "hybrid": self.hybrid.describe(),
+            "explainer": "ready" if self.explainer.done() and not self.explainer.exception() else "warming up",
             "warning": warning,
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -109,3 +110,36 @@ class HybridPolicy:
     def load(cls, path: str | Path) -> HybridPolicy:
         saved = json.loads(Path(path).read_text())
         return cls(saved["weight"], saved["threshold"], saved["mode"])
+
+
+TRANSFORMER_ONLY = HybridPolicy(weight=0.0, threshold=1.0, mode="transformer")  # an export without the lexical half
+Transformer = Callable[[list[str]], Awaitable[list[list[float]]]]  # the batched classifier, texts in, probs out
+
+
+class HybridRouter:
+    """The hybrid as the API process runs it: the lexical model answers here, only the texts its policy sends onward
+    reach the (batched, out-of-process) transformer, and every answer keeps its input position and its path."""
+
+    def __init__(self, model_dir: str | Path, mode: str = ""):
+        model_dir = Path(model_dir)
+        has_lexical = (model_dir / LEXICAL_FILE).exists()
+        self.lexical = LexicalModel(model_dir / LEXICAL_FILE) if has_lexical else None
+        self.policy = HybridPolicy.load(model_dir / POLICY_FILE) if has_lexical else TRANSFORMER_ONLY
+        self.policy = self.policy_for(mode or self.policy.mode)  # type: ignore[arg-type]
+
+    def policy_for(self, mode: Mode | None) -> HybridPolicy:
+        """The served policy in `mode` (None: the default); ValueError when the mode needs a missing lexical model."""
+        if mode and mode != "transformer" and self.lexical is None:
+            raise ValueError(f"mode {mode!r} needs the hybrid's lexical model, which this export lacks")
+        return self.policy.with_mode(mode) if mode else self.policy
+
+    async def classify(
+        self, texts: list[str], policy: HybridPolicy, transformer: Transformer
+    ) -> tuple[np.ndarray, list[Route]]:
+        lexical = self.lexical.predict_proba(texts) if policy.mode != "transformer" else None
+        onward = policy.onward(lexical, len(texts))
+        scores = await transformer([texts[i] for i in onward]) if len(onward) else []
+        return policy.merge(lexical, np.array(scores), onward, len(texts))
+
+    def describe(self) -> dict:
+        return asdict(self.policy) | {"lexical_model": self.lexical is not None}

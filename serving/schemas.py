@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +52,18 @@ class Prediction(BaseModel):
         "ensemble, or the transformer alone"
     )
     model_version: str
+
+    @classmethod
+    def of(cls, probabilities: np.ndarray, path: Route, label_names: list[str], model_version: str) -> Prediction:
+        best = int(probabilities.argmax())
+        return cls(
+            label=label_names[best],
+            label_id=best,
+            score=float(probabilities[best]),
+            scores=dict(zip(label_names, probabilities.tolist(), strict=True)),
+            path=path,
+            model_version=model_version,
+        )
 
 
 class BatchPrediction(BaseModel):

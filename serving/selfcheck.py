@@ -17,6 +17,7 @@ from serving.runtime import OnnxTextClassifier, cpu_flags
 from serving.text import pack_ids, unpack_ids
 
 FP32_FILE, INT8_FILE, GOLDEN_FILE = "model.onnx", "model.int8.onnx", "golden.npz"
+VARIANT_FILES = {"int8": INT8_FILE, "fp32": FP32_FILE}
 log = logging.getLogger(__name__)
 
 

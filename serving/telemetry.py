@@ -10,6 +10,7 @@ import bentoml
 from pythonjsonlogger.json import JsonFormatter
 
 from serving.schemas import Prediction
+from serving.selfcheck import SelfCheck
 
 
 class RequestTelemetry:
@@ -54,3 +55,14 @@ class RequestTelemetry:
             "model_version": self.model_version,
         }
         self.log.info("prediction", extra=record | ({"texts": texts} if self.log_text else {}))
+
+
+def publish_selfcheck(check: SelfCheck) -> None:
+    """The classifier's gauges: what the int8 self-check measured on this CPU, and the variant it chose."""
+    bentoml.metrics.Gauge(
+        name="sentiment_int8_selfcheck_agreement",
+        documentation="int8 vs fp32 argmax agreement on the golden set, measured at start on this CPU",
+    ).set(check.agreement if check.agreement is not None else -1)
+    bentoml.metrics.Gauge(
+        name="sentiment_served_variant", documentation="1 for the variant served", labelnames=["variant"]
+    ).labels(variant=check.served).set(1)

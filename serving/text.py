@@ -58,6 +58,20 @@ def encode(texts: list[str], tokenizer: Tokenizer, config: EncodingConfig) -> li
     return [prefix + _truncate(e.ids, budget, config) + suffix for e in encodings]
 
 
+def visible_text(text: str, tokenizer: Tokenizer, config: EncodingConfig) -> tuple[str, bool]:
+    """The cleaned text cut to what `encode` keeps (head and tail joined by a space), and whether anything was cut:
+    what an explanation of the transformer should show."""
+    cleaned = clean_text(text)
+    offsets = tokenizer.encode(cleaned, add_special_tokens=False).offsets
+    budget = config.max_length - len(tokenizer.encode("", add_special_tokens=True).ids)
+    kept = _truncate(list(range(len(offsets))), budget, config)
+    if len(kept) == len(offsets):
+        return cleaned, False
+    cut = next((i for i in range(1, len(kept)) if kept[i] != kept[i - 1] + 1), len(kept))
+    runs = [kept[:cut], kept[cut:]] if cut < len(kept) else [kept]
+    return " ".join(cleaned[offsets[run[0]][0] : offsets[run[-1]][1]] for run in runs if run), True
+
+
 def without_truncation(tokenizer: Tokenizer) -> Tokenizer:
     """Switch off the tokenizer's own truncation and padding: `encode` truncates, the caller pads."""
     tokenizer.no_truncation()

@@ -58,6 +58,20 @@ def server():
         yield url
 
 
+@pytest.fixture(scope="module")
+def explainer_ready(server) -> str:
+    """The server once its explainer has warmed up (in the background after start: SHAP compiles its kernels)."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + 180
+    while requests.get(f"{server}/health").json().get("explainer") != "ready":
+        assert time.monotonic() < deadline, "the explainer did not warm up within 180 s"
+        time.sleep(1)
+    return server
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

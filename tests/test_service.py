@@ -169,6 +169,7 @@ def test_release_model_accuracy_over_http(server):
     for start in range(0, len(sample), 64):
         chunk = sample.text.iloc[start : start + 64].tolist()
         response = requests.post(f"{server}/predict_batch", json={"texts": chunk}, timeout=120)
+        assert response.status_code == 200, (start, response.status_code, response.text[:500])
         predictions += [p["label_id"] for p in response.json()["predictions"]]
     accuracy = float((np.array(predictions) == sample.label.to_numpy()).mean())
     print(f"HTTP accuracy on 2,000 stratified IMDb test reviews: {accuracy:.4f}")
@@ -230,3 +231,37 @@ def test_every_metric_the_grafana_dashboard_queries_is_exported(server):
     exported = requests.get(f"{server}/metrics").text
     assert queried and all(re.search(rf"^{name}\{{", exported, re.MULTILINE) for name in queried), queried
     assert 'runner_name="sentiment-api"' in exported and 'endpoint="/predict"' in exported
+
+
+def test_explain_points_to_the_words_that_decided(explainer_ready):
+    """Per-word SHAP attributions of the served decision: additive, and the strongly negative words lead."""
+    server = explainer_ready
+    before = requests.get(f"{server}/health").json()["selfcheck"]["classified_texts"]
+    text = "The acting was awful and the plot was boring."
+    body = requests.post(f"{server}/explain", json={"text": text}).json()
+    assert body["label"] == "neg" and body["explained_text"] == text and not body["truncated"]
+    toward_neg = {w["word"]: w["attributions"]["neg"] for w in body["words"]}
+    assert set(toward_neg) == set(re.findall(r"\w+", text))
+    assert max(toward_neg, key=toward_neg.get) in {"awful", "boring"}
+    for label in ("neg", "pos"):  # SHAP's additivity: base + attributions = the explained decision
+        total = body["base_scores"][label] + sum(w["attributions"][label] for w in body["words"])
+        assert total == pytest.approx(body["scores"][label], abs=0.02)
+    predicted = requests.post(f"{server}/predict", json={"text": text}).json()
+    assert body["scores"] == pytest.approx(predicted["scores"], abs=1e-4)
+    after = requests.get(f"{server}/health").json()["selfcheck"]["classified_texts"]
+    # the /predict's text at most: explanations never enter the batched classifier's queue
+    assert after - before == (predicted["path"] != "lexical")
+
+
+def test_explain_reads_what_the_transformer_reads(explainer_ready):
+    server = explainer_ready
+    text = "An opening line that sets the scene. " + "Filler about the plot. " * 400 + "Overall a wonderful film."
+    body = requests.post(f"{server}/explain", json={"text": text}).json()
+    assert body["truncated"] and len(body["explained_text"]) < len(text) / 4
+    assert body["explained_text"].startswith("An opening line") and body["explained_text"].endswith("wonderful film.")
+    for word in body["words"]:
+        assert body["explained_text"][word["start"] : word["end"]] == word["word"]
+    for bad, status in (({"text": " "}, 422), ({"text": "a" * 50_001}, 422), ({"texts": ["good"]}, 422)):
+        response = requests.post(f"{server}/explain", json=bad)
+        assert response.status_code == status and set(response.json()) == {"error", "detail"}
+    assert requests.post(f"{server}/explain", data=b"good", headers={"content-type": "text/plain"}).status_code == 415

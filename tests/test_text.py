@@ -1,4 +1,4 @@
-from serving.text import EncodingConfig, clean_text, encode, tokenizer_from_file
+from serving.text import EncodingConfig, clean_text, encode, tokenizer_from_file, visible_text
 from training.config import BUNDLED_MODEL, resolve_checkpoint
 
 TOKENIZER = tokenizer_from_file(f"{resolve_checkpoint(BUNDLED_MODEL)}/tokenizer.json")
@@ -41,3 +41,13 @@ def test_training_and_serving_tokenizers_agree():
     texts = ["It was <br />dreadful.", "x " * 1000]
     hf = without_truncation(load_hf_tokenizer(BUNDLED_MODEL).backend_tokenizer)
     assert encode(texts, hf, EncodingConfig()) == encode(texts, TOKENIZER, EncodingConfig())
+
+
+def test_visible_text_is_what_the_encoding_keeps():
+    config = EncodingConfig(max_length=34, truncation="head_tail", head_fraction=0.25)
+    assert visible_text("a good<br />movie", TOKENIZER, config) == ("a good movie", False)
+    text = " ".join(f"word{i}" for i in range(400))
+    seen, truncated = visible_text(text, TOKENIZER, config)
+    assert truncated and seen.startswith("word0") and seen.endswith("word399")
+    (ids,) = encode([text], TOKENIZER, config)
+    assert TOKENIZER.encode(seen, add_special_tokens=False).ids == ids[1:-1]  # exactly the kept tokens

@@ -235,13 +235,34 @@ def evaluate(model_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
     return test_scores
 
 
+def ui_examples(
+    texts: list[str], labels: np.ndarray, served: np.ndarray, label_names: list[str], max_chars: int = 700
+) -> list[dict[str, str]]:
+    """Short real reviews for the web UI: the served model's most confident right answer per class and its most
+    confident mistake."""
+    short = np.array([len(t) <= max_chars for t in texts])
+    predicted, confidence = served.argmax(1), served.max(1)
+    picks = []
+    for label in range(len(label_names)):
+        right = short & (labels == label) & (predicted == label)
+        picks.append((int(np.flatnonzero(right)[confidence[right].argmax()]), f"{label_names[label]}, answered right"))
+    wrong = short & (predicted != labels)
+    if wrong.any():
+        picks.append((int(np.flatnonzero(wrong)[confidence[wrong].argmax()]), "a confident mistake"))
+    return [
+        {"title": f"{title} (true: {label_names[labels[i]]})", "text": texts[i], "label": label_names[labels[i]]}
+        for i, title in picks
+    ]
+
+
 def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any]:
     """Score the test split with the ONNX file the BentoML model serves (int8 when it ships one, else fp32),
-    through the service's own runtime; writes `reports/<name>/served.json`."""
+    through the service's own runtime; writes `reports/<name>/served.json` and the web UI's example reviews."""
     import bentoml
 
     from serving.runtime import OnnxTextClassifier, cpu_flags
     from serving.selfcheck import FP32_FILE, INT8_FILE
+    from serving.ui import EXAMPLES_FILE
     from training.data import load_data
 
     model = bentoml.models.get(bento_model)
@@ -253,9 +274,11 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     label_names = model.info.metadata["label_names"]
     metrics = classification_metrics(labels, probs.argmax(1), label_names)
     result |= {"file": name, "test": {key: metrics[key] for key in ("accuracy", "macro_f1", "n")}}
+    served = probs
     if (Path(model.path) / POLICY_FILE).exists():  # every served mode, with this file as its transformer
         policy = HybridPolicy.load(Path(model.path) / POLICY_FILE)
         lexical = LexicalModel(Path(model.path) / LEXICAL_FILE).predict_proba(test["text"])
+        served = policy.decide(lexical, probs)
         scores = mode_scores(policy, lexical, probs, labels, label_names)
         result["served_mode"] = policy.mode
         result["modes"] = {
@@ -263,6 +286,8 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
         }
     out = Path(config.reports_dir) / config.name / "served.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
+    examples = ui_examples(test["text"], labels, served, label_names)
+    EXAMPLES_FILE.write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
     return result
 
 

@@ -1,0 +1,102 @@
+"""Why the service answered as it did: SHAP's partition explainer over the words of a review.
+
+It explains the served decision (the hybrid policy in the service's mode: the lexical model, and the ONNX
+transformer where the policy sends the text onward) on the part of the review the transformer reads (head + tail),
+with its own ONNX Runtime session, so an explanation never waits in, or fills, the predict path's batching queue.
+Cost: about `max_evals` decisions per explanation (SHAP's partition explainer spends that budget on a hierarchy
+of word groups: coarser for longer reviews, exact additivity always).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from serving.hybrid import TRANSFORMER_ONLY, HybridPolicy, LexicalModel
+from serving.runtime import OnnxTextClassifier
+from serving.text import visible_text
+
+WORDS = r"\W+"  # SHAP's text masker splits on non-word characters: attributions are per word
+
+
+class WordAttribution(BaseModel):
+    word: str
+    start: int = Field(description="Character offset of the word in `explained_text`")
+    end: int
+    attributions: dict[str, float] = Field(description="Contribution of the word to each class's probability")
+
+
+class Explanation(BaseModel):
+    label: str = Field(description="The decision on `explained_text`")
+    scores: dict[str, float]
+    base_scores: dict[str, float] = Field(
+        description="Probabilities with every word masked; the attributions sum to `scores` minus these"
+    )
+    explained_text: str = Field(
+        description="The cleaned review as the transformer reads it: head and tail when it is long"
+    )
+    truncated: bool = Field(description="True when the middle of the review was cut (the transformer never sees it)")
+    words: list[WordAttribution]
+    method: str
+    evaluations: int = Field(description="Decisions computed for this explanation")
+    elapsed_ms: float
+
+
+class Explainer:
+    """One per API worker; `explain` is blocking (run it in a thread)."""
+
+    def __init__(self, model_dir: str | Path, variant_file: str, lexical: LexicalModel | None, workers: int):
+        import shap  # here, not at the top: ~2 s of imports that only the API worker's explainer needs
+
+        self.transformer = OnnxTextClassifier(model_dir, variant_file, workers)
+        self.lexical = lexical
+        self.label_names = self.transformer.label_names
+        self.masker = shap.maskers.Text(WORDS, mask_token="...", collapse_mask_token=True)
+        self.partition = shap.explainers.Partition
+        self.explain("Warm up.", TRANSFORMER_ONLY, max_evals=8)  # SHAP's numba kernels compile on first use
+
+    def decision(self, texts: list[str], policy: HybridPolicy) -> np.ndarray:
+        """The served probabilities of `texts` under `policy`, as the service computes them."""
+        lexical = self.lexical.predict_proba(texts) if policy.mode != "transformer" else None
+        onward = policy.onward(lexical, len(texts))
+        transformer = self.transformer.predict_proba([texts[i] for i in onward])
+        return policy.merge(lexical, transformer, onward, len(texts))[0]
+
+    def explain(self, text: str, policy: HybridPolicy, max_evals: int) -> Explanation:
+        started = time.perf_counter()
+        seen, truncated = visible_text(text, self.transformer.tokenizer, self.transformer.encoding)
+        calls = []
+
+        def model(masked: np.ndarray) -> np.ndarray:
+            calls.append(len(masked))
+            return self.decision([str(t) for t in masked], policy)
+
+        explainer = self.partition(model, self.masker, output_names=self.label_names)
+        result = explainer([seen], max_evals=max_evals, silent=True)[0]
+        scores = self.decision([seen], policy)[0]
+        spans = self.masker.tokenizer(seen)["offset_mapping"]
+        words = [
+            WordAttribution(
+                word=seen[start:end],
+                start=start,
+                end=end,
+                attributions=dict(zip(self.label_names, np.asarray(values, dtype=float).tolist(), strict=True)),
+            )
+            for (start, end), values in zip(spans, result.values, strict=True)
+            if end > start
+        ]
+        best = int(scores.argmax())
+        return Explanation(
+            label=self.label_names[best],
+            scores=dict(zip(self.label_names, scores.tolist(), strict=True)),
+            base_scores=dict(zip(self.label_names, np.asarray(result.base_values, dtype=float).tolist(), strict=True)),
+            explained_text=seen,
+            truncated=truncated,
+            words=words,
+            method=f"SHAP partition explainer, word masker, budget {max_evals} evaluations, {policy.mode} decision",
+            evaluations=sum(calls),
+            elapsed_ms=round(1000 * (time.perf_counter() - started), 1),
+        )

@@ -1,0 +1,103 @@
+"""The web UI at /ui (Gradio, mounted in the API service: same process, same port): type a review and see its label,
+probabilities and the words that drove it; or upload a CSV/Parquet file and download its predictions.
+
+Gradio's default theme ships its fonts, so the page loads nothing from outside the service (offline, in the image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a served model
+
+import bentoml
+import gradio as gr
+import pandas as pd
+from fastapi import FastAPI
+
+from serving.errors import ApiError
+
+EXAMPLES_FILE = Path(__file__).with_name("examples.json")  # real test reviews, picked by `make evaluate-served`
+TEXT_COLUMN = "text"
+CHUNK = 64  # texts per call to the classifier from the batch tab
+
+
+def highlighted(explanation) -> list[tuple[str, float | None]]:
+    """The explained text as (piece, weight toward the predicted class) for `gr.HighlightedText`, scaled to [-1, 1]."""
+    label, text = explanation.label, explanation.explained_text
+    strongest = max((abs(w.attributions[label]) for w in explanation.words), default=0.0) or 1.0
+    pieces, position = [], 0
+    for word in explanation.words:
+        if word.start > position:
+            pieces.append((text[position : word.start], None))
+        pieces.append((word.word, round(word.attributions[label] / strongest, 3)))
+        position = word.end
+    return pieces + ([(text[position:], None)] if position < len(text) else [])
+
+
+async def explain_review(text: str):
+    service = bentoml.get_current_service()
+    try:
+        explanation = await service.explain_text(text)
+    except ApiError as error:  # the API's own 4xx/503 reasons, shown in the page
+        raise gr.Error(error.error) from error
+    note = f"{explanation.method}; {explanation.elapsed_ms:.0f} ms"
+    if explanation.truncated:
+        note += "; long review: the middle, which the transformer never reads, is left out"
+    return explanation.scores, highlighted(explanation), note
+
+
+async def predict_file(path: str | None) -> str:
+    if path is None:
+        raise gr.Error("Upload a .csv or .parquet file with a 'text' column")
+    frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    if TEXT_COLUMN not in frame:
+        raise gr.Error(f"the file has no {TEXT_COLUMN!r} column (it has {list(frame.columns)})")
+    service, texts = bentoml.get_current_service(), frame[TEXT_COLUMN].astype(str).tolist()
+    predictions = []
+    for start in range(0, len(texts), CHUNK):  # as /predict_batch requests would: bounded calls, admission control
+        predictions += await service.classify_texts(texts[start : start + CHUNK])
+    frame = frame.assign(
+        label=[p.label for p in predictions],
+        score=[p.score for p in predictions],
+        path=[p.path for p in predictions],
+        model_version=[p.model_version for p in predictions],
+    )
+    out = Path(tempfile.mkdtemp()) / f"{Path(path).stem}-predictions.csv"
+    frame.to_csv(out, index=False)
+    return str(out)
+
+
+def mount_ui(app: FastAPI, path: str) -> None:
+    gr.mount_gradio_app(app, build_ui(), path=path)
+
+
+def build_ui() -> gr.Blocks:
+    examples = json.loads(EXAMPLES_FILE.read_text()) if EXAMPLES_FILE.exists() else []
+    with gr.Blocks(title="IMDb sentiment") as ui:
+        gr.Markdown("# IMDb sentiment\nThe served model: its answer, and the words behind it (SHAP).")
+        with gr.Tab("Review"):
+            review = gr.Textbox(label="Review", lines=6, elem_id="review")
+            submit = gr.Button("Classify and explain", variant="primary", elem_id="submit")
+            scores = gr.Label(label="Prediction", elem_id="prediction")
+            words = gr.HighlightedText(
+                label="Words toward the predicted class (red: for, blue: against)", elem_id="words"
+            )
+            note = gr.Markdown(elem_id="method")
+            if examples:
+                gr.Examples(
+                    [[e["text"]] for e in examples],
+                    inputs=[review],
+                    example_labels=[e["title"] for e in examples],
+                    label="Real test reviews",
+                )
+            submit.click(explain_review, inputs=review, outputs=[scores, words, note], api_name=False)
+        with gr.Tab("Batch file"):
+            upload = gr.File(label="CSV or Parquet with a 'text' column", file_types=[".csv", ".parquet"])
+            run = gr.Button("Predict", elem_id="predict-file")
+            result = gr.File(label="Predictions (CSV)")
+            run.click(predict_file, inputs=upload, outputs=result, api_name=False)
+    return ui
