@@ -1,5 +1,5 @@
-"""The built image, run for real: health, predictions, a validation error, non-root user, read-only root
-filesystem, size, start time.
+"""The built image, run for real: health, predictions, explanations, the web UI, a validation error, non-root user,
+read-only root filesystem, size, start time.
 
 Run with `make test-container` (builds the image first); not part of `make test`, which has no engine in CI.
 """
@@ -54,6 +54,7 @@ def test_image_carries_only_the_serving_code(container):
         "service.py",
         "requirements-serve.txt",
         *(f"serving/{p.name}" for p in (ROOT / "serving").glob("*.py")),
+        "serving/examples.json",
     }
 
 
@@ -71,6 +72,19 @@ def test_container_serves_and_reports(container):
         "read-only"
     )
     assert "prediction" in engine("logs", container["id"])  # request log on stdout
+    ui = requests.get(f"{url}/ui/")
+    assert ui.status_code == 200 and "gradio" in ui.text.lower()
+    deadline = time.monotonic() + 120  # the explainer warms up in the background after start
+    while requests.get(f"{url}/health").json()["explainer"] != "ready":
+        assert time.monotonic() < deadline, engine("logs", container["id"])[-2000:]
+        time.sleep(1)
+    explanation = requests.post(f"{url}/explain", json={"text": "Dull and badly acted."}).json()
+    assert explanation["label"] == "neg" and [w["word"] for w in explanation["words"]] == [
+        "Dull",
+        "and",
+        "badly",
+        "acted",
+    ]
     size_mb = int(engine("image", "inspect", IMAGE, "--format", "{{.Size}}")) / 1e6
     out = ROOT / "reports" / "container"
     out.mkdir(parents=True, exist_ok=True)
