@@ -74,25 +74,30 @@ class Explainer:
             calls.append(len(masked))
             return self.decision([str(t) for t in masked], policy)
 
-        explainer = self.partition(model, self.masker, output_names=self.label_names)
-        result = explainer([seen], max_evals=max_evals, silent=True)[0]
-        scores = self.decision([seen], policy)[0]
         spans = self.masker.tokenizer(seen)["offset_mapping"]
+        scores = model(np.array([seen]))[0]
+        if len(spans) < 2:  # SHAP's text clustering needs two pieces; one word's attribution is exact without it
+            base = model(np.array([self.masker.mask_token]))[0] if any(e > s for s, e in spans) else scores
+            values, base_values = [scores - base] * len(spans), base
+        else:
+            explainer = self.partition(model, self.masker, output_names=self.label_names)
+            result = explainer([seen], max_evals=max_evals, silent=True)[0]
+            values, base_values = result.values, result.base_values
         words = [
             WordAttribution(
                 word=seen[start:end],
                 start=start,
                 end=end,
-                attributions=dict(zip(self.label_names, np.asarray(values, dtype=float).tolist(), strict=True)),
+                attributions=dict(zip(self.label_names, np.asarray(value, dtype=float).tolist(), strict=True)),
             )
-            for (start, end), values in zip(spans, result.values, strict=True)
+            for (start, end), value in zip(spans, values, strict=True)
             if end > start
         ]
         best = int(scores.argmax())
         return Explanation(
             label=self.label_names[best],
             scores=dict(zip(self.label_names, scores.tolist(), strict=True)),
-            base_scores=dict(zip(self.label_names, np.asarray(result.base_values, dtype=float).tolist(), strict=True)),
+            base_scores=dict(zip(self.label_names, np.asarray(base_values, dtype=float).tolist(), strict=True)),
             explained_text=seen,
             truncated=truncated,
             words=words,

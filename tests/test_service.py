@@ -261,6 +261,9 @@ def test_explain_reads_what_the_transformer_reads(explainer_ready):
     assert body["explained_text"].startswith("An opening line") and body["explained_text"].endswith("wonderful film.")
     for word in body["words"]:
         assert body["explained_text"][word["start"] : word["end"]] == word["word"]
+    for short in ("Superb", "!!!", "0"):  # under two words SHAP's text clustering has nothing to split
+        body = requests.post(f"{server}/explain?mode=transformer", json={"text": short}).json()
+        assert [w["word"] for w in body["words"]] == re.findall(r"\w+", short), body
     for bad, status in (({"text": " "}, 422), ({"text": "a" * 50_001}, 422), ({"texts": ["good"]}, 422)):
         response = requests.post(f"{server}/explain", json=bad)
         assert response.status_code == status and set(response.json()) == {"error", "detail"}
