@@ -27,13 +27,15 @@ HEALTH_TIMEOUT_S = 2.0
 
 # Serving image: a slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's
 # default system-package step (build-essential, git: ~640 MB) that nothing here needs; the installer (uv) and its
-# cache are removed after the install (they shrink the image where the build squashes its layers).
+# cache are removed after the install (they shrink the image where the build squashes its layers). BentoML creates
+# its home's folders at start: made here, so the root filesystem can be read-only.
 IMAGE = (
     bentoml.images.Image(
         base_image="python:3.11-slim", distro="none", python_version="3.11", lock_python_packages=False
     )
     .requirements_file("requirements-serve.txt")
     .run("rm -rf /root/.cache /usr/local/bin/uv /usr/local/bin/uvx")
+    .run("cd /home/bentoml && mkdir -p bentos models envs tmp && chown -R bentoml:bentoml bentos models envs tmp")
 )
 
 
@@ -92,7 +94,9 @@ class SentimentAPI:
         # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
         self.deadline_s = SETTINGS.max_latency_ms / 1000 + SETTINGS.classify_timeout_s
         self.telemetry = RequestTelemetry(self.model_version, SETTINGS.log_text)
-        from serving.ui import mount_ui  # here: only this worker imports Gradio (seconds); the classifier never does
+        # Gradio is imported here, so the classifier's worker (which imports this file too) never pays for it; mounted
+        # in __init__, before the app's lifespan, where Gradio starts its queue.
+        from serving.ui import mount_ui
 
         mount_ui(app, path="/ui")
 
