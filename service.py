@@ -1,7 +1,8 @@
 """BentoML service: sentiment of English movie reviews from the ONNX export of the registered model.
 
 `SentimentAPI` is the public API on port 3000: FastAPI routes with strict validation, one JSON error shape and an
-OpenAPI document that states every limit. It calls `OnnxClassifier`, whose `classify` BentoML batches adaptively.
+OpenAPI document that states every limit, `/explain` (SHAP) and the web UI at `/ui` (Gradio). It calls
+`OnnxClassifier`, whose `classify` BentoML batches adaptively.
 Settings: `serving/settings.py` (environment variables); the int8 self-check: `serving/selfcheck.py`.
 """
 

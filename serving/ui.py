@@ -19,13 +19,14 @@ import pandas as pd
 from fastapi import FastAPI
 
 from serving.errors import ApiError
+from serving.explain import Explanation
 
 EXAMPLES_FILE = Path(__file__).with_name("examples.json")  # real test reviews, picked by `make evaluate-served`
 TEXT_COLUMN = "text"
 CHUNK = 64  # texts per call to the classifier from the batch tab
 
 
-def highlighted(explanation) -> list[tuple[str, float | None]]:
+def highlighted(explanation: Explanation) -> list[tuple[str, float | None]]:
     """The explained text as (piece, weight toward the predicted class) for `gr.HighlightedText`, scaled to [-1, 1]."""
     label, text = explanation.label, explanation.explained_text
     strongest = max((abs(w.attributions[label]) for w in explanation.words), default=0.0) or 1.0
@@ -58,8 +59,11 @@ async def predict_file(path: str | None) -> str:
         raise gr.Error(f"the file has no {TEXT_COLUMN!r} column (it has {list(frame.columns)})")
     service, texts = bentoml.get_current_service(), frame[TEXT_COLUMN].astype(str).tolist()
     predictions = []
-    for start in range(0, len(texts), CHUNK):  # as /predict_batch requests would: bounded calls, admission control
-        predictions += await service.classify_texts(texts[start : start + CHUNK])
+    try:
+        for start in range(0, len(texts), CHUNK):  # as /predict_batch requests would: bounded calls, admission control
+            predictions += await service.classify_texts(texts[start : start + CHUNK])
+    except ApiError as error:
+        raise gr.Error(error.error) from error
     frame = frame.assign(
         label=[p.label for p in predictions],
         score=[p.score for p in predictions],
