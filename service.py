@@ -138,7 +138,7 @@ class SentimentAPI:
 
     @bentoml.on_startup
     async def _start_explainer(self) -> None:
-        """In the background: SHAP compiles its kernels on first use (~10 s), and readiness must not wait for it."""
+        """In the background: SHAP compiles its kernels on first use (seconds), and readiness must not wait for it."""
         self.explainer = asyncio.create_task(self._load_explainer())
 
     async def _load_explainer(self) -> Explainer:
@@ -149,13 +149,13 @@ class SentimentAPI:
             except Exception:
                 await asyncio.sleep(1.0)
         variant = VARIANT_FILES[served["served"]]
-        return await asyncio.to_thread(Explainer, self.model.path, variant, self.hybrid.lexical, SETTINGS.workers)
+        return await asyncio.to_thread(Explainer, self.model.path, variant, self.hybrid, SETTINGS.workers)
 
     async def explain_text(self, text: str, mode: Mode | None = None) -> Explanation:
         """On its own ONNX session and concurrency limit: explanations never queue in the predict path."""
         policy = self._mode(mode)
-        if not self.explainer.done():
-            raise errors.ApiError(503, "the explainer is warming up; retry shortly")
+        if (state := self._explainer_state()) != "ready":
+            raise errors.ApiError(503, f"the explainer is {state}; retry shortly")
         if self.explaining >= SETTINGS.max_explain_in_flight:
             raise errors.ApiError(503, f"over {SETTINGS.max_explain_in_flight} explanations in flight; retry shortly")
         self.explaining += 1
@@ -164,6 +164,15 @@ class SentimentAPI:
             return await asyncio.to_thread(explainer.explain, text, policy, SETTINGS.explain_max_evals)
         finally:
             self.explaining -= 1
+
+    def _explainer_state(self) -> str:
+        """`ready`, `warming up`, or `unavailable (...)` when loading it failed."""
+        if not self.explainer.done():
+            return "warming up"
+        if self.explainer.cancelled():
+            return "unavailable"
+        error = self.explainer.exception()
+        return "ready" if error is None else f"unavailable ({error!r})"
 
     @app.post("/predict", **JSON_ONLY)
     async def predict(
@@ -200,6 +209,6 @@ class SentimentAPI:
             "version": self.model_version,
             "selfcheck": check,
             "hybrid": self.hybrid.describe(),
-            "explainer": "ready" if self.explainer.done() and not self.explainer.exception() else "warming up",
+            "explainer": self._explainer_state(),
             "warning": warning,
         }

@@ -53,5 +53,14 @@ def running(command: list[str], health_url: str, env: dict[str, str] | None = No
         process.wait(30)
 
 
+def wait_for_explainer(url: str, timeout: float = 180) -> None:
+    """Until the service's explainer has warmed up (it loads in the background after start)."""
+    deadline = time.time() + timeout
+    while (state := requests.get(f"{url}/health").json()["explainer"]) != "ready":
+        if time.time() > deadline or state.startswith("unavailable"):
+            raise TimeoutError(f"{url}: explainer {state} (waited up to {timeout:.0f} s)")
+        time.sleep(1)
+
+
 def bentoml_serve(port: int) -> list[str]:
     return [sys.executable, "-m", "bentoml", "serve", "service:SentimentAPI", "--port", str(port)]

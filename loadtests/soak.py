@@ -17,9 +17,8 @@ import time
 import aiohttp
 import numpy as np
 import psutil
-import requests
 
-from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
+from loadtests.common import ROOT, bentoml_serve, running, sample_reviews, wait_for_explainer
 from serving.runtime import cpu_flags
 
 OUT = ROOT / "reports" / "soak"
@@ -72,8 +71,7 @@ def main() -> None:
     texts = sample_reviews(2000, seed=5)
     url = f"http://127.0.0.1:{PORT}"
     with running(bentoml_serve(PORT), f"{url}/health") as server:
-        while requests.get(f"{url}/health").json()["explainer"] != "ready":  # it loads in the background after start
-            time.sleep(1)
+        wait_for_explainer(url)  # it loads in the background after start: not part of the soak's memory or CPU
         asyncio.run(open_loop(url, texts[:50], 2, 5))  # warm-up
         memory_before = rss_mb(server.pid)
         rows = asyncio.run(open_loop(url, texts, rate, 60 * args.minutes))

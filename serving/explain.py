@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from serving.hybrid import TRANSFORMER_ONLY, HybridPolicy, LexicalModel
+from serving.hybrid import TRANSFORMER_ONLY, HybridPolicy, HybridRouter
 from serving.runtime import OnnxTextClassifier
 from serving.text import visible_text
 
@@ -48,11 +48,11 @@ class Explanation(BaseModel):
 class Explainer:
     """One per API worker; `explain` is blocking (run it in a thread)."""
 
-    def __init__(self, model_dir: str | Path, variant_file: str, lexical: LexicalModel | None, workers: int):
-        import shap  # here, not at the top: ~2 s of imports that only the API worker's explainer needs
+    def __init__(self, model_dir: str | Path, variant_file: str, router: HybridRouter, workers: int):
+        import shap  # here, not at the top: seconds of imports that only the API worker's explainer needs
 
         self.transformer = OnnxTextClassifier(model_dir, variant_file, workers)
-        self.lexical = lexical
+        self.router = router
         self.label_names = self.transformer.label_names
         self.masker = shap.maskers.Text(WORDS, mask_token="...", collapse_mask_token=True)
         self.partition = shap.explainers.Partition
@@ -60,8 +60,7 @@ class Explainer:
 
     def decision(self, texts: list[str], policy: HybridPolicy) -> np.ndarray:
         """The served probabilities of `texts` under `policy`, as the service computes them."""
-        lexical = self.lexical.predict_proba(texts) if policy.mode != "transformer" else None
-        onward = policy.onward(lexical, len(texts))
+        lexical, onward = self.router.split(texts, policy)
         transformer = self.transformer.predict_proba([texts[i] for i in onward])
         return policy.merge(lexical, transformer, onward, len(texts))[0]
 

@@ -133,11 +133,15 @@ class HybridRouter:
             raise ValueError(f"mode {mode!r} needs the hybrid's lexical model, which this export lacks")
         return self.policy.with_mode(mode) if mode else self.policy
 
+    def split(self, texts: list[str], policy: HybridPolicy) -> tuple[np.ndarray | None, np.ndarray]:
+        """The lexical model's probabilities (None in transformer mode) and the indices the transformer must see."""
+        lexical = self.lexical.predict_proba(texts) if policy.mode != "transformer" else None
+        return lexical, policy.onward(lexical, len(texts))
+
     async def classify(
         self, texts: list[str], policy: HybridPolicy, transformer: Transformer
     ) -> tuple[np.ndarray, list[Route]]:
-        lexical = self.lexical.predict_proba(texts) if policy.mode != "transformer" else None
-        onward = policy.onward(lexical, len(texts))
+        lexical, onward = self.split(texts, policy)
         scores = await transformer([texts[i] for i in onward]) if len(onward) else []
         return policy.merge(lexical, np.array(scores), onward, len(texts))
 

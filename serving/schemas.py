@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -11,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.hybrid import Mode, Route
 from serving.settings import ServiceSettings
 
-SAMPLE = "A moving, beautifully acted film: I loved every minute of it."
+SAMPLE = "A moving, beautifully acted film: I loved every minute of it."  # Swagger's sample input
+UI_EXAMPLES_FILE = Path(__file__).with_name("examples.json")  # the web UI's: real test reviews (make evaluate-served)
 SETTINGS = ServiceSettings.from_env()  # read once, here: the schemas carry its limits and service.py its knobs
 
 # Non-blank = at least one character that is not ASCII whitespace: the same rule in JSON Schema, Python and pydantic.

@@ -28,7 +28,7 @@ class ServiceSettings:
     adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ONNX Runtime threads
     log_text: bool = False  # raw review text in the request log
-    explain_max_evals: int = 64  # SHAP's budget per /explain: ~1-2 s on 2 cores for a long review
+    explain_max_evals: int = 64  # SHAP's budget per /explain (each response reports its elapsed_ms)
     max_explain_in_flight: int = 1  # explanations past this get a fast 503 (they never slow /predict's queue)
     hybrid_mode: str = ""  # transformer | ensemble | cascade; empty: the mode chosen on validation (hybrid.json)
 

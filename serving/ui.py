@@ -20,8 +20,8 @@ from fastapi import FastAPI
 
 from serving.errors import ApiError
 from serving.explain import Explanation
+from serving.schemas import UI_EXAMPLES_FILE
 
-EXAMPLES_FILE = Path(__file__).with_name("examples.json")  # real test reviews, picked by `make evaluate-served`
 TEXT_COLUMN = "text"
 CHUNK = 64  # texts per call to the classifier from the batch tab
 
@@ -80,7 +80,7 @@ def mount_ui(app: FastAPI, path: str) -> None:
 
 
 def build_ui() -> gr.Blocks:
-    examples = json.loads(EXAMPLES_FILE.read_text()) if EXAMPLES_FILE.exists() else []
+    examples = json.loads(UI_EXAMPLES_FILE.read_text()) if UI_EXAMPLES_FILE.exists() else []
     with gr.Blocks(title="IMDb sentiment") as ui:
         gr.Markdown("# IMDb sentiment\nThe served model: its answer, and the words behind it (SHAP).")
         with gr.Tab("Review"):

@@ -61,14 +61,9 @@ def server():
 @pytest.fixture(scope="module")
 def explainer_ready(server) -> str:
     """The server once its explainer has warmed up (in the background after start: SHAP compiles its kernels)."""
-    import time
+    from loadtests.common import wait_for_explainer
 
-    import requests
-
-    deadline = time.monotonic() + 180
-    while requests.get(f"{server}/health").json().get("explainer") != "ready":
-        assert time.monotonic() < deadline, "the explainer did not warm up within 180 s"
-        time.sleep(1)
+    wait_for_explainer(server)
     return server
 
 

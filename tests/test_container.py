@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from loadtests.common import wait_for_explainer
+
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = [str(ROOT / ".ci" / "engine.sh")]
 IMAGE = os.environ.get("IMAGE_TAG", "imdb-sentiment:latest")
@@ -74,10 +76,7 @@ def test_container_serves_and_reports(container):
     assert "prediction" in engine("logs", container["id"])  # request log on stdout
     ui = requests.get(f"{url}/ui/")
     assert ui.status_code == 200 and "gradio" in ui.text.lower()
-    deadline = time.monotonic() + 120  # the explainer warms up in the background after start
-    while requests.get(f"{url}/health").json()["explainer"] != "ready":
-        assert time.monotonic() < deadline, engine("logs", container["id"])[-2000:]
-        time.sleep(1)
+    wait_for_explainer(url)  # it warms up in the background after start
     explanation = requests.post(f"{url}/explain", json={"text": "Dull and badly acted."}).json()
     assert explanation["label"] == "neg" and [w["word"] for w in explanation["words"]] == [
         "Dull",

@@ -261,8 +261,8 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     import bentoml
 
     from serving.runtime import OnnxTextClassifier, cpu_flags
+    from serving.schemas import UI_EXAMPLES_FILE
     from serving.selfcheck import FP32_FILE, INT8_FILE
-    from serving.ui import EXAMPLES_FILE
     from training.data import load_data
 
     model = bentoml.models.get(bento_model)
@@ -287,7 +287,7 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     out = Path(config.reports_dir) / config.name / "served.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     examples = ui_examples(test["text"], labels, served, label_names)
-    EXAMPLES_FILE.write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
+    UI_EXAMPLES_FILE.write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
     return result
 
 
