@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import asdict
 
+import aiohttp
 import bentoml
 from fastapi import Depends, FastAPI, Request, Response
 
@@ -102,7 +103,15 @@ class SentimentAPI:
         mount_ui(app, path="/ui")
 
     async def _transformer(self, texts: list[str]) -> list[list[float]]:
-        return await asyncio.wait_for(self.classifier.to_async.classify(texts), self.deadline_s)
+        async def classify() -> list[list[float]]:
+            try:
+                return await self.classifier.to_async.classify(texts)
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                # A pooled connection the classifier had just closed (its server drops idle keep-alive connections
+                # after 5 s, the client keeps them 15 s; BentoML exposes neither): `classify` is pure, send it again.
+                return await self.classifier.to_async.classify(texts)
+
+        return await asyncio.wait_for(classify(), self.deadline_s)
 
     def _mode(self, mode: Mode | None) -> HybridPolicy:
         try:
