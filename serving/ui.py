@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TypeVar
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a served model
 
@@ -17,13 +18,15 @@ import bentoml
 import gradio as gr
 import pandas as pd
 from fastapi import FastAPI
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from serving.errors import ApiError
 from serving.explain import Explanation
-from serving.schemas import UI_EXAMPLES_FILE
+from serving.schemas import SETTINGS, UI_EXAMPLES_FILE, BatchRequest, PredictRequest
 
+RequestT = TypeVar("RequestT", bound=BaseModel)
 TEXT_COLUMN = "text"
-CHUNK = 64  # texts per call to the classifier from the batch tab
 
 
 def highlighted(explanation: Explanation) -> list[tuple[str, float | None]]:
@@ -39,10 +42,24 @@ def highlighted(explanation: Explanation) -> list[tuple[str, float | None]]:
     return pieces + ([(text[position:], None)] if position < len(text) else [])
 
 
+def validated(request: type[RequestT], first_row: int = 0, **fields) -> RequestT:
+    """The API's own request model, so the page accepts exactly what the API accepts (a blank review is refused)."""
+    try:
+        return request(**fields)
+    except ValidationError as error:
+        raise gr.Error("; ".join(reason(e, first_row) for e in error.errors())) from error
+
+
+def reason(error: ErrorDetails, first_row: int) -> str:
+    where = "the review" if len(error["loc"]) == 1 else f"row {first_row + int(error['loc'][1]) + 1}"
+    blank = error["type"] in ("string_too_short", "string_pattern_mismatch")
+    return f"{where}: {'is blank' if blank else error['msg']}"
+
+
 async def explain_review(text: str):
     service = bentoml.get_current_service()
     try:
-        explanation = await service.explain_text(text)
+        explanation = await service.explain_text(validated(PredictRequest, text=text).text)
     except ApiError as error:  # the API's own 4xx/503 reasons, shown in the page
         raise gr.Error(error.error) from error
     note = f"{explanation.method}; {explanation.elapsed_ms:.0f} ms"
@@ -57,11 +74,12 @@ async def predict_file(path: str | None) -> str:
     frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
     if TEXT_COLUMN not in frame:
         raise gr.Error(f"the file has no {TEXT_COLUMN!r} column (it has {list(frame.columns)})")
-    service, texts = bentoml.get_current_service(), frame[TEXT_COLUMN].astype(str).tolist()
+    service, texts = bentoml.get_current_service(), frame[TEXT_COLUMN].fillna("").astype(str).tolist()
     predictions = []
     try:
-        for start in range(0, len(texts), CHUNK):  # as /predict_batch requests would: bounded calls, admission control
-            predictions += await service.classify_texts(texts[start : start + CHUNK])
+        for start in range(0, len(texts), chunk_size := SETTINGS.max_batch_texts):  # as /predict_batch calls would
+            chunk = validated(BatchRequest, first_row=start, texts=texts[start : start + chunk_size]).texts
+            predictions += await service.classify_texts(chunk)
     except ApiError as error:
         raise gr.Error(error.error) from error
     frame = frame.assign(

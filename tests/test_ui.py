@@ -14,36 +14,45 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def page(explainer_ready):
+def offsite() -> list[str]:
+    """Every request the page makes outside the service: the UI must work offline."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def page(explainer_ready, offsite):
     server = explainer_ready
     chromium = shutil.which("chromium")
     assert chromium, "chromium not found: `make install` installs Debian's chromium (apt-get install chromium)"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1200, "height": 1000})
-        page.elsewhere = []  # every request the page makes outside the service (it must work offline)
-        page.on(
-            "request",
-            lambda r: page.elsewhere.append(r.url) if not r.url.startswith((server, "data:", "blob:")) else None,
-        )
-        page.goto(f"{server}/ui/")
+        page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else offsite.append(r.url))
+        # Gradio mounts its components after its scripts and config arrive: a review typed before that is lost
+        page.goto(f"{server}/ui/", wait_until="networkidle")
         yield page
         browser.close()
 
 
-def test_a_review_gets_its_label_and_highlighted_words(page):
-    page.locator("#review textarea").fill("The acting was awful and the plot was boring. A waste of two hours.")
+def submit_review(page, text: str) -> None:
+    review = page.locator("#review textarea")
+    review.fill(text)
+    expect(review).to_have_value(text)
     page.locator("#submit").click()
+
+
+def test_a_review_gets_its_label_and_highlighted_words(page, offsite):
+    submit_review(page, "The acting was awful and the plot was boring. A waste of two hours.")
     expect(page.locator("#prediction")).to_contain_text("neg", timeout=60_000)
     words = page.locator("#words")
     expect(words).to_contain_text("awful", timeout=60_000)
     expect(page.locator("#method")).to_contain_text("SHAP")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "review.png", full_page=True)
-    assert page.elsewhere == []
+    assert offsite == []
 
 
-def test_a_file_of_reviews_comes_back_with_predictions(page, tmp_path):
+def test_a_file_of_reviews_comes_back_with_predictions(page, offsite, tmp_path):
     reviews = pd.DataFrame({"text": ["A wonderful, moving film.", "Dreadful. I walked out."], "id": [7, 8]})
     upload = tmp_path / "reviews.csv"
     reviews.to_csv(upload, index=False)
@@ -57,4 +66,17 @@ def test_a_file_of_reviews_comes_back_with_predictions(page, tmp_path):
     predictions = pd.read_csv(download.value.path())
     assert predictions.id.tolist() == [7, 8] and predictions.label.tolist() == ["pos", "neg"]
     page.screenshot(path=SCREENSHOTS / "batch.png", full_page=True)
-    assert page.elsewhere == []
+    assert offsite == []
+
+
+def test_blank_input_gets_the_apis_reason(page, tmp_path):
+    """The page accepts what the API accepts: a blank review or a blank row is refused and says so."""
+    page.reload(wait_until="networkidle")  # an empty page: no earlier upload in the file box
+    submit_review(page, "   ")
+    expect(page.get_by_text("the review: is blank")).to_be_visible(timeout=60_000)
+    upload = tmp_path / "blank-row.csv"
+    pd.DataFrame({"text": ["Fine.", None]}).to_csv(upload, index=False)
+    page.get_by_role("tab", name="Batch file").click()
+    page.locator("input[type=file]").first.set_input_files(upload)
+    page.locator("#predict-file").click()
+    expect(page.get_by_text("row 2: is blank")).to_be_visible(timeout=60_000)
