@@ -5,20 +5,27 @@ MODEL_DIR ?= models/imdb-minilm-lora
 MODEL_URI ?= models:/imdb-sentiment@champion
 PORT ?= 3000
 IMAGE_TAG ?= imdb-sentiment:latest
+NPROC ?= 1
+# one process, or NPROC data-parallel ones (DDP: gloo on CPU, NCCL on GPUs); multi-node: see docs/SCALE_OUT.md
+LAUNCH := $(if $(filter-out 1,$(NPROC)),.venv/bin/torchrun --standalone --nproc_per_node $(NPROC),$(PYTHON))
+INPUT ?= ../shared/data/imdb/test.parquet
+OUTPUT ?= build/scores
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 
 .PHONY: install lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export model serve build \
 	containerize test-container test-compose \
-	loadtest benchmark soak report mlflow-ui notebook test all
+	loadtest benchmark soak score report mlflow-ui notebook test all
 
-install:  ## create .venv from requirements.txt (torch is the CPU build), and Debian's chromium for the UI test
+install:  ## .venv from requirements.txt (torch is the CPU build); Debian's chromium (UI test) and Java (Spark)
 	python3.11 -m venv .venv
 	.venv/bin/pip install --upgrade pip==26.3
 	.venv/bin/pip install -r requirements.txt
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "tests/test_ui.py needs Debian's chromium: sudo apt-get install chromium"
+	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
+		|| echo "make score (Spark) needs Java 17+: sudo apt-get install default-jre-headless"
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
@@ -29,8 +36,8 @@ eda:  ## dataset report -> reports/eda/<dataset>/
 lexical:  ## the hybrid's TF-IDF + LR half and its policy, chosen on validation -> models/<name>/lexical.onnx.gz, hybrid.json
 	$(PYTHON) -m training.lexical --model-dir $(MODEL_DIR) $(ARGS)
 
-train:  ## fine-tune (CONFIG=..., extra overrides in ARGS="train.epochs=2 ...") -> models/<name>/
-	$(PYTHON) -m training.train --config $(CONFIG) $(ARGS)
+train:  ## fine-tune (CONFIG=..., overrides in ARGS="train.epochs=2 ...", NPROC=2 for DDP) -> models/<name>/
+	$(LAUNCH) -m training.train --config $(CONFIG) $(ARGS)
 
 remote-pack:  ## tokenized splits + fp16 base model -> build/remote/, for a GPU machine without datasets/mlflow
 	$(PYTHON) -m training.remote pack --config $(CONFIG) $(ARGS)
@@ -87,6 +94,9 @@ benchmark: model  ## ONNX ceiling vs service (batching on/off) vs FastAPI+transf
 soak: model  ## 10 minutes at 80% of the benchmark's best load under p95 100 ms -> reports/soak/ (not in CI)
 	$(PYTHON) -m loadtests.soak
 
+score: model  ## Spark batch scoring with the served model: INPUT=file/folder -> OUTPUT (Parquet), reports/scoring/
+	$(PYTHON) -m scoring.score input=$(INPUT) output=$(OUTPUT) $(ARGS)
+
 report:  ## reports/PERFORMANCE.md and the model card, from the measured files
 	$(PYTHON) -m reporting.render
 
@@ -98,6 +108,6 @@ mlflow-ui:
 	.venv/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
 
 test: model  ## the whole test suite (real data, real models, real HTTP)
-	$(PYTHON) -m pytest -m "not container"
+	$(PYTHON) -m pytest -m "not container" --durations=15
 
 all: eda train lexical evaluate register export  ## the main job, each stage once

@@ -155,6 +155,21 @@ def soak_section(soak: dict | None) -> str:
     )
 
 
+def scoring_section(scoring: dict | None, benchmark: dict | None) -> str:
+    if not scoring:
+        return _missing("make score")
+    service = ""
+    if benchmark:
+        best = benchmark["systems"][benchmark["default_system"]]
+        service = f" The HTTP service ({benchmark['default_system']}): {best['max_rps']:.1f} requests/s of one review."
+    return (
+        f"`make score`: {scoring['rows']:,} reviews from `{scoring['input']}` on Spark `{scoring['master']}` "
+        f"({scoring['spark_cores']} cores, `{scoring['cpu']}`, {', '.join(scoring['variants'])} transformer, "
+        f"{scoring['hybrid']['mode']}) in {scoring['seconds']:.0f} s: **{scoring['rows_per_second']:.1f} "
+        f"reviews/s**, Spark's start and the model's load included.{service}"
+    )
+
+
 def training_section(metrics: dict) -> str:
     resumed = metrics.get("resumed_from_step") or 0
     text = (
@@ -267,6 +282,7 @@ def main() -> None:
     container = _load(REPORTS / "container" / "container.json")
     compose = _load(REPORTS / "container" / "compose.json")
     served = _load(REPORTS / config.name / "served.json")
+    scoring = _load(REPORTS / "scoring" / "score.json")
     performance = TEMPLATES.get_template("PERFORMANCE.md.j2").render(
         metrics=metrics,
         config=config,
@@ -278,6 +294,7 @@ def main() -> None:
         soak=soak_section(soak),
         container=container_section(container),
         compose=compose_section(compose),
+        scoring=scoring_section(scoring, benchmark),
         training=training_section(metrics),
     )
     (REPORTS / "PERFORMANCE.md").write_text(performance)

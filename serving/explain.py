@@ -60,9 +60,7 @@ class Explainer:
 
     def decision(self, texts: list[str], policy: HybridPolicy) -> np.ndarray:
         """The served probabilities of `texts` under `policy`, as the service computes them."""
-        lexical, onward = self.router.split(texts, policy)
-        transformer = self.transformer.predict_proba([texts[i] for i in onward])
-        return policy.merge(lexical, transformer, onward, len(texts))[0]
+        return self.router.classify_in_process(texts, policy, self.transformer)[0]
 
     def explain(self, text: str, policy: HybridPolicy, max_evals: int) -> Explanation:
         started = time.perf_counter()

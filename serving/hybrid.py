@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from serving.runtime import softmax
+from serving.runtime import OnnxTextClassifier, softmax
 from serving.text import clean_text
 
 LEXICAL_FILE, POLICY_FILE = "lexical.onnx.gz", "hybrid.json"  # gzip: its vocabulary compresses 2.4x
@@ -144,6 +144,13 @@ class HybridRouter:
         lexical, onward = self.split(texts, policy)
         scores = await transformer([texts[i] for i in onward]) if len(onward) else []
         return policy.merge(lexical, np.array(scores), onward, len(texts))
+
+    def classify_in_process(
+        self, texts: list[str], policy: HybridPolicy, transformer: OnnxTextClassifier
+    ) -> tuple[np.ndarray, list[Route]]:
+        """The same decision with the transformer in this process: for explanations and offline (Spark) scoring."""
+        lexical, onward = self.split(texts, policy)
+        return policy.merge(lexical, transformer.predict_proba([texts[i] for i in onward]), onward, len(texts))
 
     def describe(self) -> dict:
         return asdict(self.policy) | {"lexical_model": self.lexical is not None}

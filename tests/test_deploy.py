@@ -9,12 +9,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_kubernetes_manifest_is_valid_with_probes_and_autoscaler():
+def test_kubernetes_manifest_is_valid_with_probes_autoscaler_and_disruption_budget():
     documents = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/imdb-sentiment.yaml").read_text()))
     for document in documents:
         kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
     kinds = {d["kind"]: d for d in documents}
-    assert set(kinds) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    assert set(kinds) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    selector = kinds["Deployment"]["spec"]["selector"]
+    assert (
+        kinds["PodDisruptionBudget"]["spec"]["selector"] == selector
+        and kinds["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
+    )
     container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.timeout(600)
 RELEASE_CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "imdb-minilm-lora.yaml"
 
 
-def tiny_config(tiny_checkpoint, data_dir, tmp_path, **overrides):
+def tiny_overrides(tiny_checkpoint, data_dir, tmp_path, **overrides) -> list[str]:
+    """`key=value` overrides of the release config: the tiny model, a few real reviews, a few steps."""
     values = {
         "name": "tiny",
         "registered_model": "tiny-sentiment",
@@ -50,7 +51,11 @@ def tiny_config(tiny_checkpoint, data_dir, tmp_path, **overrides):
         "train.logging_steps": 1,
         "encoding.max_length": 48,
     } | overrides
-    return load_config(RELEASE_CONFIG, [f"{k}={v}" for k, v in values.items()])
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def tiny_config(tiny_checkpoint, data_dir, tmp_path, **overrides):
+    return load_config(RELEASE_CONFIG, tiny_overrides(tiny_checkpoint, data_dir, tmp_path, **overrides))
 
 
 def test_train_evaluate_register_and_rebuild(tiny_checkpoint, data_dir, tmp_path, tracking_uri):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -33,10 +34,21 @@ from training.config import ExperimentConfig
 WALL_TIME_FILE = "wall_time.json"
 
 
+def world_size() -> int:
+    """Processes training together: 1, or what torchrun / accelerate launch set (data-parallel, DDP)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 alone logs to MLflow, saves and registers; every rank trains and evaluates its shard."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def hardware() -> str:
+    processes = f" x {world_size()} processes (DDP)" if world_size() > 1 else ""
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA, bf16)"
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+        return f"{torch.cuda.get_device_name()} (CUDA, bf16){processes}"
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads{processes}"
 
 
 def _for_installed_transformers(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -46,8 +58,9 @@ def _for_installed_transformers(arguments: dict[str, Any]) -> dict[str, Any]:
         arguments["warmup_steps"] = arguments.pop("warmup_ratio")  # a float below 1 is a ratio there
     if "group_by_length" not in accepted:
         arguments["train_sampling_strategy"] = "group_by_length" if arguments.pop("group_by_length") else "random"
-    if "logging_dir" not in accepted:
-        del arguments["logging_dir"]
+    for name in ("logging_dir", "use_cpu"):
+        if name not in accepted:
+            del arguments[name]
     return arguments
 
 
@@ -75,6 +88,7 @@ def training_arguments(config: ExperimentConfig, report_to: list[str]) -> Traini
         group_by_length=True,  # similar lengths per batch: far less padding on 256-token reviews
         logging_steps=train.logging_steps,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not torch.cuda.is_available(),  # also what makes several CPU processes one DDP job (gloo)
         seed=train.seed,
         label_names=["labels"],
         report_to=report_to,
@@ -103,6 +117,8 @@ class WallClock(TrainerCallback):
         return self.already_spent_s + time.monotonic() - self.started
 
     def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:  # rank 0 writes the checkpoint
+            return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         (checkpoint / WALL_TIME_FILE).write_text(json.dumps({"wall_time_s": round(self.total_s, 1)}) + "\n")
 
@@ -129,6 +145,7 @@ class FitResult:
     validation: dict[str, float]  # eval_accuracy, eval_macro_f1, ... of that model
     wall_time_s: float  # summed across resumes
     resumed_from_step: int
+    steps: int  # optimizer steps in all, resumed segments included
     samples_per_second: float | None  # this segment's
     log_history: list[dict[str, Any]]
 
@@ -144,6 +161,9 @@ class FitResult:
             "n_validation": sizes["validation"],
             "n_train": sizes["train"],
             "epochs": config.train.epochs,
+            "world_size": world_size(),
+            "global_batch_size": config.train.batch_size * world_size(),
+            "optimizer_steps": self.steps,
             "train_wall_time_s": self.wall_time_s,
             "resumed_from_step": self.resumed_from_step,
             "train_samples_per_second": self.samples_per_second,
@@ -182,6 +202,7 @@ def fit(
         validation=validation,
         wall_time_s=round(clock.total_s, 1),
         resumed_from_step=int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0,
+        steps=trainer.state.global_step,
         samples_per_second=output.metrics.get("train_samples_per_second"),
         log_history=trainer.state.log_history,
     )

@@ -1,6 +1,7 @@
 """Fine-tune an encoder (LoRA or full) with the HF Trainer, tracked in MLflow; ends at `models/<name>/`.
 
     python -m training.train --config training/configs/imdb-minilm-lora.yaml train.epochs=2
+    torchrun --nproc_per_node 2 -m training.train --config ...   # data-parallel (DDP: gloo on CPU, NCCL on GPUs)
 
 Writes the adapter (or full model), `config.yaml` and `metrics.json` (validation scores, wall time summed across
 resumes). Scoring the test split is `training.evaluate`'s job, registering is `training.registry`'s.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -20,7 +22,7 @@ from transformers import set_seed
 from serving.text import encode, without_truncation
 from training.config import RELEASE_CONFIG, ExperimentConfig, command_line, flatten
 from training.data import LoadedData, load_data
-from training.fit import fit, hardware
+from training.fit import fit, hardware, is_main_process, world_size
 from training.modeling import PARITY_SAMPLE, build_model, load_tokenizer, save_parity_sample, save_trained
 from training.registry import setup_tracking
 
@@ -45,19 +47,24 @@ def tokenize(data: LoadedData, config: ExperimentConfig, tokenizer) -> dict:
 
 
 def run(config: ExperimentConfig) -> dict:
-    """Train with MLflow tracking, save the model to `models/<name>/`, return its summary."""
+    """Train with MLflow tracking, save the model to `models/<name>/`, return its summary.
+
+    Under torchrun / accelerate launch every process runs this (DDP): all train and evaluate their shard, rank 0
+    alone owns the MLflow run and writes the model."""
     data = load_data(config.data)
     tokenizer = load_tokenizer(config.model.checkpoint)
     tokenized = tokenize(data, config, tokenizer)
-    setup_tracking(config.data.name)
-
-    config.run_dir.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()
+    if main:
+        setup_tracking(config.data.name)
+        config.run_dir.mkdir(parents=True, exist_ok=True)
     run_id_file = config.run_dir / "mlflow_run_id"
     resuming = any(config.run_dir.glob("checkpoint-*")) and run_id_file.exists()
     run_id = run_id_file.read_text().strip() if resuming else None
-    with mlflow.start_run(run_id=run_id, run_name=config.name) as active:
-        run_id_file.write_text(active.info.run_id)
-        if run_id is None:
+    with mlflow.start_run(run_id=run_id, run_name=config.name) if main else nullcontext() as active:
+        if main:
+            run_id_file.write_text(active.info.run_id)
+        if main and run_id is None:
             mlflow.log_params(flatten(config.to_dict(), "cfg."))
             mlflow.log_params(
                 {
@@ -66,7 +73,7 @@ def run(config: ExperimentConfig) -> dict:
                     **{f"data.n_{s}": len(d) for s, d in data.splits.items()},
                 }
             )
-            mlflow.set_tags({"git_commit": git_commit(), "hardware": hardware()})
+            mlflow.set_tags({"git_commit": git_commit(), "hardware": hardware(), "world_size": world_size()})
             mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
 
         set_seed(config.train.seed)  # the new classifier head's initialisation
@@ -74,6 +81,8 @@ def run(config: ExperimentConfig) -> dict:
         result = fit(config, model, tokenizer, tokenized["train"], tokenized["validation"], report_to=["mlflow"])
         sizes = {split: len(data.splits[split]) for split in ("train", "validation")}
         summary = result.summary(config, data.label_names, sizes)
+        if not main:
+            return summary
         summary |= {"mlflow_run_id": active.info.run_id, "data_fingerprint": data.fingerprint}
         model_dir = Path(config.models_dir) / config.name
         save_trained(result.model, config, model_dir)
