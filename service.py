@@ -95,7 +95,7 @@ class SentimentAPI:
         self.in_flight = self.explaining = 0
         # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
         self.deadline_s = SETTINGS.max_latency_ms / 1000 + SETTINGS.classify_timeout_s
-        self.telemetry = RequestTelemetry(self.model_version, SETTINGS.log_text)
+        self.telemetry = RequestTelemetry(self.model_version, SETTINGS.log_text, self.model.path, SETTINGS.drift_window)
         # Gradio is imported here, so the classifier's worker (which imports this file too) never pays for it; mounted
         # in __init__, before the app's lifespan, where Gradio starts its queue.
         from serving.ui import mount_ui
@@ -219,5 +219,6 @@ class SentimentAPI:
             "selfcheck": check,
             "hybrid": self.hybrid.describe(),
             "explainer": self._explainer_state(),
+            "drift": self.telemetry.drift_status(),
             "warning": warning,
         }

@@ -6,7 +6,8 @@ Every file is scored against PyTorch on the registered model's parity sample (it
 logged with it at registration: no dataset needed). fp32 must pass, else nothing is imported (exit 2). int8
 candidates that pass are timed and the fastest file that passed is served; when none passes, fp32 is imported and
 served, with a warning here, in the parity report, in the BentoML model's metadata and in the service's /health.
-The fp32 file always ships too, with a golden set: the service re-checks int8 on the CPU it runs on.
+The fp32 file always ships too, with a golden set: the service re-checks int8 on the CPU it runs on. Where the
+dataset is at hand, the drift monitor's reference profile ships too (the validation split through the served model).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from optimum.exporters.onnx import main_export
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from export.quantize import DEFAULT, RECIPES, quantize
-from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy
+from serving.drift import PROFILE_FILE, TextStatistics, answer_statistics, build_profile, save_profile
+from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, HybridRouter
 from serving.runtime import CONFIG_FILE, TOKENIZER_FILE, OnnxTextClassifier, cpu_flags
 from serving.selfcheck import FP32_FILE, GOLDEN_FILE, INT8_FILE, SelfCheckLimits, save_golden
 from serving.text import unpack_ids
 from training.config import ExperimentConfig, command_line, config_from_dict
+from training.data import load_data
 from training.modeling import PARITY_SAMPLE, predict_ids
 from training.registry import HYBRID_DIR, SELECTION_METRIC, setup_tracking
 
@@ -56,6 +59,7 @@ class ExportConfig:
     calibration_samples: int = 256  # held out of the gate; static recipes calibrate on them
     timing_samples: int = 200
     golden_size: int = 64  # the service re-scores these at start (sized for a start within 5 s)
+    profile_texts: int = 2500  # validation reviews behind the drift reference profile (0: none)
     selfcheck: SelfCheckLimits = field(default_factory=SelfCheckLimits)
     work_dir: str = "build/onnx"
     report: str = "reports/export/parity.json"
@@ -198,6 +202,23 @@ def choose(results: dict[str, dict]) -> tuple[str, str | None]:
     return None, f"no int8 file passed the parity gate on this CPU, fp32 is served ({refused})"
 
 
+def reference_profile(config: ExperimentConfig, onnx_dir: Path, model_file: str, n_texts: int) -> dict | None:
+    """What the served model sees and answers on the validation split: the drift monitor's reference."""
+    if not n_texts:
+        return None
+    try:
+        validation = load_data(config.data).splits["validation"]
+    except (FileNotFoundError, OSError, ValueError) as error:  # no local copy and no hub: the service runs without
+        print(f"WARNING: no drift reference profile ({error})", file=sys.stderr)
+        return None
+    texts = validation["text"][:n_texts]
+    transformer = OnnxTextClassifier(onnx_dir, model_file)
+    router = HybridRouter(onnx_dir)
+    probabilities, _ = router.classify_in_process(texts, router.policy, transformer)
+    statistics = TextStatistics(transformer.tokenizer, transformer.encoding)(texts) | answer_statistics(probabilities)
+    return build_profile(statistics, f"{config.data.name} validation split, {len(texts)} texts, {model_file}")
+
+
 def import_to_bentoml(
     onnx_dir: Path,
     registry: RegistryModel,
@@ -239,6 +260,8 @@ def import_to_bentoml(
         if hybrid:
             for name in (LEXICAL_FILE, POLICY_FILE):
                 shutil.copy(onnx_dir / name, target / name)
+        if (onnx_dir / PROFILE_FILE).exists():
+            shutil.copy(onnx_dir / PROFILE_FILE, target / PROFILE_FILE)
     return bento_model
 
 
@@ -280,6 +303,10 @@ def run(export: ExportConfig) -> bentoml.Model:
     golden = ids[: export.golden_size]
     save_golden(onnx_dir / GOLDEN_FILE, golden, OnnxTextClassifier(onnx_dir, model_file=FP32_FILE).predict_ids(golden))
     hybrid = download_hybrid(registry.run_id, onnx_dir)
+    served_file = f"{int8}.onnx" if int8 else FP32_FILE
+    profile = reference_profile(registry.config, onnx_dir, served_file, export.profile_texts)
+    if profile:
+        save_profile(profile, onnx_dir / PROFILE_FILE)
     bento_model = import_to_bentoml(onnx_dir, registry, export, results, int8, warning, hybrid)
     report = {
         "model": f"{registry.name}:{registry.version}",

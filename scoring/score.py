@@ -45,6 +45,7 @@ class ScoreConfig:
     text_column: str = "text"
     master: str = "local[*]"  # local[*] here; spark://..., yarn or k8s://... on a cluster
     rows_per_batch: int = 512  # rows per Arrow batch handed to a Python worker
+    tasks_per_core: int = 2  # scoring tasks per executor core (the rows are spread evenly over them)
     report: str = "reports/scoring/score.json"  # throughput and where it ran
 
 
@@ -84,6 +85,8 @@ def run(config: ScoreConfig) -> dict:
             SparkSession.builder.master(config.master)
             .appName("imdb-sentiment-score")
             .config("spark.sql.execution.arrow.maxRecordsPerBatch", config.rows_per_batch)
+            # keep every partition asked for: adaptive execution would merge a small input back into one task
+            .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
             .getOrCreate()
         )
         try:
@@ -91,8 +94,8 @@ def run(config: ScoreConfig) -> dict:
             spark.sparkContext.addPyFile(str(code_archive(Path(folder))))
             frame = read(spark, config.input)
             cores = spark.sparkContext.defaultParallelism
-            if frame.rdd.getNumPartitions() < cores:  # one file is one partition: spread it over every core
-                frame = frame.repartition(cores)
+            # A file's row group is read by one task, whatever the split count says: spread the rows on every core
+            frame = frame.repartition(config.tasks_per_core * cores)
             schema = StructType(frame.schema.fields + StructType.fromDDL(PREDICTION_SCHEMA).fields)
             folder_name, mode, column = Path(model.path).name, config.mode, config.text_column
 

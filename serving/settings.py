@@ -30,6 +30,7 @@ class ServiceSettings:
     log_text: bool = False  # raw review text in the request log
     explain_max_evals: int = 64  # SHAP's budget per /explain (each response reports its elapsed_ms)
     max_explain_in_flight: int = 1  # explanations past this get a fast 503 (they never slow /predict's queue)
+    drift_window: int = 500  # texts in the drift monitor's window (PSI vs the reference profile)
     hybrid_mode: str = ""  # transformer | ensemble | cascade; empty: the mode chosen on validation (hybrid.json)
 
     @classmethod

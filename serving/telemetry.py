@@ -1,4 +1,5 @@
-"""What the API records per request: one JSON log line and Prometheus counters (labels, paths, texts per request)."""
+"""What the API records per request: one JSON log line, Prometheus counters (labels, paths, texts per request), and
+the drift statistics of its texts and answers (histograms, and each feature's PSI against the reference profile)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import sys
 import time
 
 import bentoml
+import numpy as np
 from pythonjsonlogger.json import JsonFormatter
 
+from serving.drift import FEATURES, PSI_ALERT, DriftMonitor, TextStatistics, answer_statistics
 from serving.schemas import Prediction
 from serving.selfcheck import SelfCheck
 
@@ -16,8 +19,10 @@ from serving.selfcheck import SelfCheck
 class RequestTelemetry:
     """Created once per API worker (BentoML's metrics must exist before the first request)."""
 
-    def __init__(self, model_version: str, log_text: bool):
+    def __init__(self, model_version: str, log_text: bool, model_dir: str, drift_window: int):
         self.model_version, self.log_text = model_version, log_text
+        self.statistics = TextStatistics.for_model(model_dir)
+        self.drift = DriftMonitor.for_model(model_dir, drift_window)
         self.log = logging.getLogger("sentiment.requests")
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"asctime": "time"}))
@@ -37,6 +42,20 @@ class RequestTelemetry:
             labelnames=["endpoint"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )
+        self.histograms = {
+            name: bentoml.metrics.Histogram(
+                name=f"sentiment_{name}", documentation=FEATURES[name].description, buckets=FEATURES[name].edges
+            )
+            for name in ("tokens", "oov_rate", "confidence")
+        }
+        self.truncated = bentoml.metrics.Counter(
+            name="sentiment_truncated_texts", documentation=FEATURES["truncated"].description
+        )
+        self.psi = bentoml.metrics.Gauge(
+            name="sentiment_drift_psi",
+            documentation=f"PSI per feature, last {drift_window} texts vs the reference profile (> {PSI_ALERT}: drift)",
+            labelnames=["feature"],
+        )
 
     def record(
         self, request_id: str, endpoint: str, texts: list[str], predictions: list[Prediction], started: float
@@ -45,6 +64,7 @@ class RequestTelemetry:
             self.predictions.labels(label=prediction.label).inc()
             self.routed.labels(path=prediction.path).inc()
         self.request_texts.labels(endpoint=endpoint).observe(len(texts))
+        self.watch(texts, predictions)
         record = {
             "request_id": request_id,
             "endpoint": endpoint,
@@ -55,6 +75,29 @@ class RequestTelemetry:
             "model_version": self.model_version,
         }
         self.log.info("prediction", extra=record | ({"texts": texts} if self.log_text else {}))
+
+    def watch(self, texts: list[str], predictions: list[Prediction]) -> None:
+        """Each text's drift features into the histograms and the window; each feature's PSI into its gauge."""
+        answers = answer_statistics(np.array([list(p.scores.values()) for p in predictions]))
+        statistics = self.statistics(texts) | answers
+        for name, histogram in self.histograms.items():
+            for value in statistics[name]:
+                histogram.observe(value)
+        self.truncated.inc(int(statistics["truncated"].sum()))
+        if self.drift:
+            self.drift.observe(statistics)
+            for feature, value in self.drift.scores().items():
+                self.psi.labels(feature=feature).set(value)
+
+    def drift_status(self) -> dict:
+        """For /health: each feature's PSI and those over the alert level, or why there is none."""
+        if not self.drift:
+            return {"status": "off: the model has no reference profile (export it again)"}
+        scores = self.drift.scores()
+        if not scores:
+            return {"status": f"collecting: {len(self.drift.recent['tokens'])} of {self.drift.min_texts} texts"}
+        drifting = sorted(name for name, value in scores.items() if value > PSI_ALERT)
+        return {"status": "drift" if drifting else "ok", "psi": scores, "drifting": drifting}
 
 
 def publish_selfcheck(check: SelfCheck) -> None:

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 
 from export.export import ExportConfig, ParityError, choose, evaluate_variants, export_onnx
 from export.quantize import DEFAULT
+from serving.drift import PROFILE_FILE
 from serving.runtime import OnnxTextClassifier
 from serving.selfcheck import FP32_FILE, GOLDEN_FILE, INT8_FILE, SelfCheckLimits, load_classifier, save_golden
 from tests.test_training_pipeline import tiny_config
@@ -140,7 +141,9 @@ def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (model_yaml,) = (tmp_path / "bentoml" / "models" / "tiny-onnx").glob("*/model.yaml")
     files = {p.name for p in model_yaml.parent.iterdir()}
-    assert {FP32_FILE, INT8_FILE, GOLDEN_FILE, "tokenizer.json", "classifier.json"} <= files
+    assert {FP32_FILE, INT8_FILE, GOLDEN_FILE, PROFILE_FILE, "tokenizer.json", "classifier.json"} <= files
+    profile = json.loads((model_yaml.parent / PROFILE_FILE).read_text())
+    assert profile["n"] == 32 and sum(profile["features"]["tokens"]["shares"]) == pytest.approx(1.0)
     metadata = model_yaml.read_text()
     assert "mlflow_version: '1'" in metadata and f"variant: {DEFAULT}" in metadata
     report = json.loads((tmp_path / "parity.json").read_text())

@@ -52,7 +52,7 @@ def hardware() -> str:
 
 
 def _for_installed_transformers(arguments: dict[str, Any]) -> dict[str, Any]:
-    """transformers 5 (the lent GPU machine's) renamed what the lock file's 4.57 calls these three."""
+    """transformers 5 (the lent GPU machine's) renamed or dropped some of what the lock file's 4.57 accepts."""
     accepted = inspect.signature(TrainingArguments.__init__).parameters
     if "warmup_ratio" not in accepted:
         arguments["warmup_steps"] = arguments.pop("warmup_ratio")  # a float below 1 is a ratio there
