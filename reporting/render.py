@@ -166,7 +166,7 @@ def scoring_section(scoring: dict | None, benchmark: dict | None) -> str:
         f"`make score`: {scoring['rows']:,} reviews from `{scoring['input']}` on Spark `{scoring['master']}` "
         f"({scoring['spark_cores']} cores, `{scoring['cpu']}`, {', '.join(scoring['variants'])} transformer, "
         f"{scoring['hybrid']['mode']}) in {scoring['seconds']:.0f} s: **{scoring['rows_per_second']:.1f} "
-        f"reviews/s**, Spark's start and the model's load included.{service}"
+        f"reviews/s** (read, shuffle, the executors' model loading and the Parquet write included).{service}"
     )
 
 
