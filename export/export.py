@@ -59,7 +59,7 @@ class ExportConfig:
     calibration_samples: int = 256  # held out of the gate; static recipes calibrate on them
     timing_samples: int = 200
     golden_size: int = 64  # the service re-scores these at start (sized for a start within 5 s)
-    profile_texts: int = 2500  # validation reviews behind the drift reference profile (0: none)
+    profile_texts: int = 1000  # validation reviews behind the drift reference profile (0: none)
     selfcheck: SelfCheckLimits = field(default_factory=SelfCheckLimits)
     work_dir: str = "build/onnx"
     report: str = "reports/export/parity.json"

@@ -121,3 +121,11 @@ class DriftMonitor:
         return {
             name: psi(self.reference[name], histogram(np.array(self.recent[name]), FEATURES[name])) for name in FEATURES
         }
+
+    def status(self) -> dict:
+        """For /health: each feature's PSI and those over the alert level, or how many texts are still missing."""
+        scores = self.scores()
+        if not scores:
+            return {"status": f"collecting: {len(self.recent['tokens'])} of {self.min_texts} texts"}
+        drifting = sorted(name for name, value in scores.items() if value > PSI_ALERT)
+        return {"status": "drift" if drifting else "ok", "psi": scores, "drifting": drifting}

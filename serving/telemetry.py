@@ -90,14 +90,9 @@ class RequestTelemetry:
                 self.psi.labels(feature=feature).set(value)
 
     def drift_status(self) -> dict:
-        """For /health: each feature's PSI and those over the alert level, or why there is none."""
         if not self.drift:
             return {"status": "off: the model has no reference profile (export it again)"}
-        scores = self.drift.scores()
-        if not scores:
-            return {"status": f"collecting: {len(self.drift.recent['tokens'])} of {self.drift.min_texts} texts"}
-        drifting = sorted(name for name, value in scores.items() if value > PSI_ALERT)
-        return {"status": "drift" if drifting else "ok", "psi": scores, "drifting": drifting}
+        return self.drift.status()
 
 
 def publish_selfcheck(check: SelfCheck) -> None:

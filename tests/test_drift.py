@@ -1,6 +1,6 @@
 """Drift monitoring with the release export: in-distribution IMDb reviews stay under the PSI alert level, shifted
-traffic (AG News, SMS messages, one-line reviews) crosses it, in the monitor and over HTTP (/metrics, /health); the
-alert rules use only metrics the service exports."""
+traffic (AG News, SMS messages, one-line reviews; 300 texts each) crosses it, in the monitor and over HTTP
+(/metrics, /health); the alert rules use only metrics the service exports."""
 
 import re
 from pathlib import Path
@@ -17,7 +17,7 @@ from serving.schemas import SETTINGS
 from serving.selfcheck import SelfCheckLimits, load_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
-N = 500
+N = 300
 pytestmark = pytest.mark.timeout(600)
 
 

@@ -79,11 +79,3 @@ def test_spark_scores_the_test_split_as_the_runtime_does(tiny_export, data_dir, 
     assert accuracy == (expected.argmax(1) == reviews.label.to_numpy()).mean()
     onward = router.policy.onward(lexical_probs, len(texts))
     assert (scored.path != "lexical").sum() == len(onward)  # routed as the service would
-
-
-def test_csv_input_with_a_forced_mode(tiny_export, tmp_path):
-    rows = pd.DataFrame({"row": [1, 2], "text": ['A "fine" film,\nwith two lines.', "Dull."]})
-    rows.to_csv(tmp_path / "rows.csv", index=False)
-    scored, report = score(tiny_export, tmp_path / "rows.csv", tmp_path, "mode=transformer")
-    assert scored.text.tolist() == rows.text.tolist()  # quoted, multi-line fields read as pandas wrote them
-    assert scored.path.tolist() == ["transformer", "transformer"] and report["hybrid"]["mode"] == "transformer"
