@@ -25,10 +25,10 @@ PREDICTION_COLUMNS = [column.split()[0] for column in PREDICTION_SCHEMA.split(",
 class ExecutorModel:
     """The hybrid as the service runs it, with the int8 self-check run on this executor's own CPU."""
 
-    def __init__(self, folder: str, mode: str, threads: int):
+    def __init__(self, folder: str, mode: str, limits: SelfCheckLimits, threads: int):
         self.router = HybridRouter(folder, mode)
         self.transformer: OnnxTextClassifier
-        self.transformer, check = load_classifier(folder, SelfCheckLimits(), workers=threads)
+        self.transformer, check = load_classifier(folder, limits, workers=threads)
         self.variant = check.served
 
     def score(self, texts: pd.Series, model_version: str) -> pd.DataFrame:
@@ -46,17 +46,23 @@ class ExecutorModel:
 
 
 @functools.cache
-def executor_model(folder: str, mode: str, threads: int) -> ExecutorModel:
+def executor_model(folder: str, mode: str, limits: SelfCheckLimits, threads: int) -> ExecutorModel:
     """Once per Python worker (Spark reuses workers across tasks), not once per batch."""
-    return ExecutorModel(folder, mode, threads)
+    return ExecutorModel(folder, mode, limits, threads)
 
 
 def score_batches(
-    batches: Iterator[pd.DataFrame], folder_name: str, mode: str, text_column: str, model_version: str
+    batches: Iterator[pd.DataFrame],
+    folder_name: str,
+    mode: str,
+    limits: SelfCheckLimits,
+    text_column: str,
+    model_version: str,
 ) -> Iterator[pd.DataFrame]:
-    """`mapInPandas`'s function: every batch of rows with its predictions added."""
+    """`mapInPandas`'s function: every batch of rows with its predictions added. `limits`: the self-check's, as the
+    export stored them with the model (the service reads the same)."""
     from pyspark import SparkFiles, TaskContext
 
-    model = executor_model(SparkFiles.get(folder_name), mode, threads=TaskContext.get().cpus())
+    model = executor_model(SparkFiles.get(folder_name), mode, limits, threads=TaskContext.get().cpus())
     for frame in batches:
         yield pd.concat([frame, model.score(frame[text_column], model_version)], axis=1)

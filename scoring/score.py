@@ -13,21 +13,20 @@ null predictions (the API refuses it; a batch job must not stop on it).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import pandas as pd
 
 from scoring.executor import PREDICTION_SCHEMA, score_batches
 from serving.hybrid import HybridRouter
 from serving.runtime import cpu_flags
+from serving.selfcheck import SelfCheckLimits
 from training.config import command_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,11 +96,14 @@ def run(config: ScoreConfig) -> dict:
             # A file's row group is read by one task, whatever the split count says: spread the rows on every core
             frame = frame.repartition(config.tasks_per_core * cores)
             schema = StructType(frame.schema.fields + StructType.fromDDL(PREDICTION_SCHEMA).fields)
-            folder_name, mode, column = Path(model.path).name, config.mode, config.text_column
-
-            def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-                return score_batches(batches, folder_name, mode, column, model_version)
-
+            score = functools.partial(
+                score_batches,
+                folder_name=Path(model.path).name,
+                mode=config.mode,
+                limits=SelfCheckLimits(**metadata["selfcheck"]),
+                text_column=config.text_column,
+                model_version=model_version,
+            )
             started = time.perf_counter()
             frame.mapInPandas(score, schema).write.mode("overwrite").parquet(config.output)
             seconds = time.perf_counter() - started
