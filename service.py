@@ -2,16 +2,20 @@
 
 `SentimentAPI` is the public API on port 3000: FastAPI routes with strict validation, one JSON error shape and an
 OpenAPI document that states every limit, `/explain` (SHAP) and the web UI at `/ui` (Gradio). It calls
-`OnnxClassifier`, whose `classify` BentoML batches adaptively.
-Settings: `serving/settings.py` (environment variables); the int8 self-check: `serving/selfcheck.py`.
+`OnnxClassifier`, whose `classify` BentoML batches adaptively. A/B testing: a challenger's export can answer beside
+the champion's (a sticky split or a shadow copy, `serving/variants.py`), and a new export under a served tag is picked
+up while the service runs. Settings: `serving/settings.py` (environment variables); the int8 self-check:
+`serving/selfcheck.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import aiohttp
 import bentoml
@@ -19,13 +23,17 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from serving import errors
 from serving.explain import Explainer, Explanation
-from serving.hybrid import HybridPolicy, HybridRouter, Mode
+from serving.hybrid import HybridPolicy, Mode
+from serving.runtime import OnnxTextClassifier
 from serving.schemas import SETTINGS, BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
-from serving.selfcheck import VARIANT_FILES, SelfCheckLimits, load_classifier
-from serving.telemetry import RequestTelemetry, publish_selfcheck
+from serving.selfcheck import VARIANT_FILES, SelfCheck, SelfCheckLimits, load_classifier
+from serving.telemetry import RequestRecord, RequestTelemetry, SelfCheckGauges
+from serving.variants import CHALLENGER, CHAMPION, Split, StoredModel, Variant, VariantName, current_tag
 
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
+CHALLENGER_MODEL = bentoml.models.BentoModel(SETTINGS.challenger_model_tag) if SETTINGS.challenger_model_tag else None
 HEALTH_TIMEOUT_S = 2.0
+log = logging.getLogger("sentiment.service")
 
 # Serving image: a slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's
 # default system-package step (build-essential, git: ~640 MB) that nothing here needs; the installer (uv) and its
@@ -52,12 +60,27 @@ IMAGE = (
 )
 class OnnxClassifier:
     model = MODEL
+    challenger = CHALLENGER_MODEL
 
     def __init__(self) -> None:
-        limits = SelfCheckLimits(**self.model.info.metadata["selfcheck"])
-        self.runtime, self.check = load_classifier(self.model.path, limits, SETTINGS.workers)
+        self.gauges = SelfCheckGauges()
+        self.loaded: dict[str, LoadedModel] = {}
+        for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)):
+            if model is not None:
+                self.load(name, model)
         self.calls = self.texts = 0
-        publish_selfcheck(self.check)
+
+    def load(self, variant: VariantName, model: StoredModel) -> None:
+        """Load and self-check beside the model in use, then swap: batches in flight finish on the old one."""
+        limits = SelfCheckLimits(**model.info.metadata["selfcheck"])
+        runtime, check = load_classifier(model.path, limits, SETTINGS.workers)
+        self.loaded[variant] = LoadedModel(str(model.info.tag), runtime, check)
+        if variant == CHAMPION:
+            self.gauges.publish(check)
+
+    def _classify(self, variant: VariantName, texts: list[str]) -> list[list[float]]:
+        self.calls, self.texts = self.calls + 1, self.texts + len(texts)
+        return self.loaded[variant].runtime.predict_proba(texts).tolist()
 
     @bentoml.api(
         batchable=SETTINGS.adaptive_batching,
@@ -65,14 +88,41 @@ class OnnxClassifier:
         max_latency_ms=SETTINGS.max_latency_ms,
     )
     def classify(self, texts: list[str]) -> list[list[float]]:
-        """Class probabilities per text (label order as in the model's `label_names`)."""
-        self.calls, self.texts = self.calls + 1, self.texts + len(texts)
-        return self.runtime.predict_proba(texts).tolist()
+        """The champion's class probabilities per text (label order as in the model's `label_names`)."""
+        return self._classify(CHAMPION, texts)
+
+    @bentoml.api(
+        batchable=SETTINGS.adaptive_batching,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def classify_challenger(self, texts: list[str]) -> list[list[float]]:
+        """The A/B challenger's, batched on its own."""
+        return self._classify(CHALLENGER, texts)
+
+    @bentoml.api
+    def reload(self, variant: str, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
+        """Serve the store's model `tag` as `variant` from now on."""
+        self.load(variant, bentoml.models.get(tag))  # type: ignore[arg-type]
+        return self.loaded[variant].describe()
 
     @bentoml.api
     async def status(self) -> dict:  # async: answered on the event loop, never queued behind `classify`
-        """The variant served, what the int8 self-check measured on this CPU, and the batches run so far."""
-        return asdict(self.check) | {"classify_calls": self.calls, "classified_texts": self.texts}
+        """The champion's file served and int8 self-check on this CPU (the challenger's beside), and the batches run."""
+        status = self.loaded[CHAMPION].describe() | {"classify_calls": self.calls, "classified_texts": self.texts}
+        if CHALLENGER in self.loaded:
+            status[CHALLENGER] = self.loaded[CHALLENGER].describe()
+        return status
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    tag: str
+    runtime: OnnxTextClassifier
+    check: SelfCheck
+
+    def describe(self) -> dict:
+        return asdict(self.check) | {"model": self.tag}
 
 
 app = FastAPI(title="imdb-sentiment", description=__doc__)
@@ -84,71 +134,107 @@ JSON_ONLY = {"dependencies": [Depends(errors.require_json)], "responses": errors
 @bentoml.service(name="sentiment-api", image=IMAGE, workers=1, traffic={"timeout": 60, "max_concurrency": 512})
 class SentimentAPI:
     classifier = bentoml.depends(OnnxClassifier)
-    model = MODEL  # its metadata: label names and version
+    model, challenger = MODEL, CHALLENGER_MODEL
 
     def __init__(self) -> None:
-        info = self.model.info
-        self.label_names: list[str] = info.metadata["label_names"]
-        self.model_version = f"{info.metadata['mlflow_model']}:{info.metadata['mlflow_version']}"
-        self.model_tag = str(info.tag)
-        self.hybrid = HybridRouter(self.model.path, SETTINGS.hybrid_mode)
-        self.in_flight = self.explaining = 0
+        self.variants = {
+            name: Variant.of(name, model, SETTINGS.hybrid_mode)
+            for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger))
+            if model is not None
+        }
+        self.split = Split(SETTINGS.ab_mode, SETTINGS.challenger_share, CHALLENGER in self.variants)  # type: ignore[arg-type]
+        self.in_flight = self.explaining = self.shadowing = 0
+        self.shadows: set[asyncio.Task] = set()  # shadow copies in flight (the loop keeps only weak references)
         # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
         self.deadline_s = SETTINGS.max_latency_ms / 1000 + SETTINGS.classify_timeout_s
-        self.telemetry = RequestTelemetry(self.model_version, SETTINGS.log_text, self.model.path, SETTINGS.drift_window)
+        self.telemetry = RequestTelemetry(SETTINGS, self.model.path)
         # Gradio is imported here, so the classifier's worker (which imports this file too) never pays for it; mounted
         # in __init__, before the app's lifespan, where Gradio starts its queue.
         from serving.ui import mount_ui
 
         mount_ui(app, path="/ui")
 
-    async def _transformer(self, texts: list[str]) -> list[list[float]]:
+    async def _transformer(self, texts: list[str], variant: VariantName) -> list[list[float]]:
+        client = self.classifier.to_async
+        batched = client.classify if variant == CHAMPION else client.classify_challenger
+
         async def classify() -> list[list[float]]:
             try:
-                return await self.classifier.to_async.classify(texts)
+                return await batched(texts)
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
                 # A pooled connection the classifier had just closed (its server drops idle keep-alive connections
                 # after 5 s, the client keeps them 15 s; BentoML exposes neither): `classify` is pure, send it again.
-                return await self.classifier.to_async.classify(texts)
+                return await batched(texts)
 
         return await asyncio.wait_for(classify(), self.deadline_s)
 
-    def _mode(self, mode: Mode | None) -> HybridPolicy:
+    def _policy(self, variant: Variant, mode: Mode | None) -> HybridPolicy:
         try:
-            return self.hybrid.policy_for(mode)
+            return variant.hybrid.policy_for(mode)
         except ValueError as error:
-            raise errors.ApiError(422, f"{error} ({self.model_tag})") from error
+            raise errors.ApiError(422, f"{error} ({variant.tag})") from error
 
-    async def classify_texts(self, texts: list[str], mode: Mode | None = None) -> list[Prediction]:
+    async def _answer(self, texts: list[str], mode: Mode | None, name: VariantName) -> list[Prediction]:
+        variant = self.variants[name]
+        policy = self._policy(variant, mode)
+        probs, paths = await variant.hybrid.classify(texts, policy, lambda onward: self._transformer(onward, name))
+        return [Prediction.of(p, path, variant) for p, path in zip(probs, paths, strict=True)]
+
+    async def classify_texts(
+        self, texts: list[str], mode: Mode | None = None, variant: VariantName = CHAMPION
+    ) -> list[Prediction]:
         """Admission control first: past `max_in_flight` requests the answer is a fast 503, not a long queue."""
-        policy = self._mode(mode)
         if self.in_flight >= SETTINGS.max_in_flight:
             raise errors.ApiError(503, f"over {SETTINGS.max_in_flight} requests in flight; retry shortly")
         self.in_flight += 1
         try:
-            probs, paths = await self.hybrid.classify(texts, policy, self._transformer)
+            return await self._answer(texts, mode, variant)
+        except errors.ApiError:
+            raise
         except Exception as error:  # the classifier is down or restarting, or the batch deadline passed
             raise errors.ApiError(503, f"the classifier is unavailable ({type(error).__name__})") from error
         finally:
             self.in_flight -= 1
-        return [
-            Prediction.of(p, path, self.label_names, self.model_version) for p, path in zip(probs, paths, strict=True)
-        ]
 
     async def _predict(
         self, texts: list[str], mode: Mode | None, request: Request, response: Response
     ) -> list[Prediction]:
-        started = time.perf_counter()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response.headers["x-request-id"] = request_id
-        predictions = await self.classify_texts(texts, mode)
-        self.telemetry.record(request_id, request.url.path, texts, predictions, started)
+        key = request.headers.get("x-user-id") or request_id
+        record = RequestRecord(request_id, request.url.path, key, self.split.assign(key), time.perf_counter())
+        predictions = await self.classify_texts(texts, mode, record.variant)
+        response.headers["x-request-id"], response.headers["x-model-variant"] = request_id, record.variant
+        self.telemetry.record(record, texts, predictions)
+        if self.split.shadows:
+            self._shadow(record, texts, mode)
         return predictions
 
+    def _shadow(self, record: RequestRecord, texts: list[str], mode: Mode | None) -> None:
+        """A copy to the challenger, answered in the background and only logged; skipped when too many are pending."""
+        if self.shadowing >= SETTINGS.max_shadow_in_flight:
+            self.telemetry.shadow_skipped.inc()
+            return
+        task = asyncio.create_task(self._answer_shadow(record, texts, mode))
+        self.shadows.add(task)
+        task.add_done_callback(self.shadows.discard)
+
+    async def _answer_shadow(self, record: RequestRecord, texts: list[str], mode: Mode | None) -> None:
+        self.shadowing += 1
+        shadow = dataclasses.replace(record, variant=CHALLENGER, shadow=True, started=time.perf_counter())
+        try:
+            self.telemetry.record(shadow, texts, await self._answer(texts, mode, CHALLENGER))
+        except Exception as error:
+            log.warning("shadow copy of %s failed: %r", record.request_id, error)
+        finally:
+            self.shadowing -= 1
+
     @bentoml.on_startup
-    async def _start_explainer(self) -> None:
-        """In the background: SHAP compiles its kernels on first use (seconds), and readiness must not wait for it."""
+    async def _start_background(self) -> None:
+        """The explainer (SHAP compiles its kernels on first use: seconds, and readiness must not wait for it) and,
+        unless MODEL_POLL_S=0, the watch on the store."""
         self.explainer = asyncio.create_task(self._load_explainer())
+        if SETTINGS.model_poll_s > 0:
+            self.watcher = asyncio.create_task(self._watch_store())
 
     async def _load_explainer(self) -> Explainer:
         while True:  # the variant served (int8 or fp32) is the classifier's choice, known once it is up
@@ -157,12 +243,36 @@ class SentimentAPI:
                 break
             except Exception:
                 await asyncio.sleep(1.0)
-        variant = VARIANT_FILES[served["served"]]
-        return await asyncio.to_thread(Explainer, self.model.path, variant, self.hybrid, SETTINGS.workers)
+        champion = self.variants[CHAMPION]
+        file = VARIANT_FILES[served["served"]]
+        return await asyncio.to_thread(Explainer, champion.path, file, champion.hybrid, SETTINGS.workers)
+
+    async def _watch_store(self) -> None:
+        """Picks up a new export under a served tag (`name:latest` after `make retrain` promoted a champion): the
+        classifier loads and self-checks it beside the old model, then new requests go to it; none is dropped."""
+        wanted = {CHAMPION: SETTINGS.bento_model_tag, CHALLENGER: SETTINGS.challenger_model_tag}
+        while True:
+            await asyncio.sleep(SETTINGS.model_poll_s)
+            for name, variant in list(self.variants.items()):
+                try:
+                    tag = await asyncio.to_thread(current_tag, wanted[name])
+                    if tag != variant.tag:
+                        await self._reload(name, tag)
+                except Exception as error:
+                    log.warning("could not reload the %s from %s: %r", name, wanted[name], error)
+
+    async def _reload(self, name: VariantName, tag: str) -> None:
+        await self.classifier.to_async.reload(variant=name, tag=tag)
+        model = await asyncio.to_thread(bentoml.models.get, tag)
+        self.variants[name] = Variant.of(name, model, SETTINGS.hybrid_mode)
+        if name == CHAMPION:
+            self.telemetry.use_model(model.path)
+            self.explainer = asyncio.create_task(self._load_explainer())
+        log.warning("the %s is now %s (%s)", name, tag, self.variants[name].model_version)
 
     async def explain_text(self, text: str, mode: Mode | None = None) -> Explanation:
         """On its own ONNX session and concurrency limit: explanations never queue in the predict path."""
-        policy = self._mode(mode)
+        policy = self._policy(self.variants[CHAMPION], mode)
         if (state := self._explainer_state()) != "ready":
             raise errors.ApiError(503, f"the explainer is {state}; retry shortly")
         if self.explaining >= SETTINGS.max_explain_in_flight:
@@ -197,7 +307,8 @@ class SentimentAPI:
     ) -> BatchPrediction:
         """Classify 1 to `max_batch_texts` reviews; predictions come back in input order."""
         predictions = await self._predict(body.texts, mode, request, response)
-        return BatchPrediction(predictions=predictions, model_version=self.model_version)
+        first = predictions[0]
+        return BatchPrediction(predictions=predictions, model_version=first.model_version, variant=first.variant)
 
     @app.post("/explain", **JSON_ONLY)
     async def explain(self, body: PredictRequest, mode: ModeQuery = None) -> Explanation:
@@ -212,12 +323,17 @@ class SentimentAPI:
         except Exception as error:
             raise errors.ApiError(503, f"the classifier is not ready ({type(error).__name__})") from error
         warning = None if check["passed"] else f"int8 is not served: {check['detail']}"
+        champion = self.variants[CHAMPION]
+        ab = self.split.describe()
+        if CHALLENGER in self.variants:
+            ab["challenger"] = self.variants[CHALLENGER].model_version
         return {
             "status": "ok",
-            "model": self.model_tag,
-            "version": self.model_version,
+            "model": champion.tag,
+            "version": champion.model_version,
             "selfcheck": check,
-            "hybrid": self.hybrid.describe(),
+            "hybrid": champion.hybrid.describe(),
+            "ab": ab,
             "explainer": self._explainer_state(),
             "drift": self.telemetry.drift_status(),
             "warning": warning,

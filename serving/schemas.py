@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.hybrid import Mode, Route
 from serving.settings import ServiceSettings
+from serving.variants import Variant, VariantName
 
 SAMPLE = "A moving, beautifully acted film: I loved every minute of it."  # Swagger's sample input
 UI_EXAMPLES_FILE = Path(__file__).with_name("examples.json")  # the web UI's: real test reviews (make evaluate-served)
@@ -53,21 +54,24 @@ class Prediction(BaseModel):
         description="What answered: the lexical model alone (confident cascade fast path), the lexical + transformer "
         "ensemble, or the transformer alone"
     )
-    model_version: str
+    model_version: str = Field(description="The registered model (name:version) that answered")
+    variant: VariantName = Field(description="The A/B variant that answered (`champion` unless a challenger is served)")
 
     @classmethod
-    def of(cls, probabilities: np.ndarray, path: Route, label_names: list[str], model_version: str) -> Prediction:
-        best = int(probabilities.argmax())
+    def of(cls, probabilities: np.ndarray, path: Route, variant: Variant) -> Prediction:
+        best, label_names = int(probabilities.argmax()), variant.label_names
         return cls(
             label=label_names[best],
             label_id=best,
             score=float(probabilities[best]),
             scores=dict(zip(label_names, probabilities.tolist(), strict=True)),
             path=path,
-            model_version=model_version,
+            model_version=variant.model_version,
+            variant=variant.name,
         )
 
 
 class BatchPrediction(BaseModel):
     predictions: list[Prediction] = Field(description="One prediction per input text, in input order")
     model_version: str
+    variant: VariantName

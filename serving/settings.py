@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-PARSERS = {"str": str, "int": int, "bool": lambda raw: raw.strip().lower() in ("1", "true", "yes")}
+PARSERS = {"str": str, "int": int, "float": float, "bool": lambda raw: raw.strip().lower() in ("1", "true", "yes")}
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,13 @@ class ServiceSettings:
     max_explain_in_flight: int = 1  # explanations past this get a fast 503 (they never slow /predict's queue)
     drift_window: int = 500  # texts in the drift monitor's window (PSI vs the reference profile)
     hybrid_mode: str = ""  # transformer | ensemble | cascade; empty: the mode chosen on validation (hybrid.json)
+    # A/B testing (docs/MLOPS.md): a challenger's export beside the champion's; empty: the champion answers alone.
+    challenger_model_tag: str = ""  # e.g. imdb-sentiment-onnx-challenger:latest
+    ab_mode: str = "split"  # split: challenger_share of the users get it; shadow: it answers copies, never users
+    challenger_share: float = 0.1
+    max_shadow_in_flight: int = 8  # shadow copies past this are skipped (counted): they must never slow the answers
+    prediction_log: str = ""  # also append each request's JSON log line to this file (make ab-report reads it)
+    model_poll_s: float = 30.0  # how often the store is asked whether a tag names a newer export (0: never reload)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:

@@ -3,9 +3,12 @@ the drift statistics of its texts and answers (histograms, and each feature's PS
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import bentoml
 import numpy as np
@@ -14,22 +17,83 @@ from pythonjsonlogger.json import JsonFormatter
 from serving.drift import FEATURES, PSI_ALERT, DriftMonitor, TextStatistics, answer_statistics
 from serving.schemas import Prediction
 from serving.selfcheck import SelfCheck
+from serving.settings import ServiceSettings
+from serving.variants import CHAMPION, VariantName
+
+
+def digest(value: str) -> str:
+    """A short, stable stand-in for a text or a user id in the logs: labels fed back later join on it, no raw text."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """Who asked, where, when it started and which A/B variant answered (shadow: a copy the user never saw)."""
+
+    request_id: str
+    endpoint: str
+    key: str  # the sticky A/B key: the x-user-id header, else the request id
+    variant: VariantName
+    started: float
+    shadow: bool = False
+
+    def log_fields(self, texts: list[str], predictions: list[Prediction], latency_s: float) -> dict:
+        return {
+            "request_id": self.request_id,
+            "endpoint": self.endpoint,
+            "user": digest(self.key),
+            "variant": self.variant,
+            "shadow": self.shadow,
+            "batch_size": len(texts),
+            "latency_ms": round(1000 * latency_s, 2),
+            "labels": [p.label for p in predictions],
+            "scores": [round(p.score, 6) for p in predictions],
+            "paths": [p.path for p in predictions],
+            "text_sha256": [digest(text) for text in texts],
+            "model_version": predictions[0].model_version if predictions else None,
+        }
 
 
 class RequestTelemetry:
     """Created once per API worker (BentoML's metrics must exist before the first request)."""
 
-    def __init__(self, model_version: str, log_text: bool, model_dir: str, drift_window: int):
-        self.model_version, self.log_text = model_version, log_text
-        self.statistics = TextStatistics.for_model(model_dir)
-        self.drift = DriftMonitor.for_model(model_dir, drift_window)
+    def __init__(self, settings: ServiceSettings, model_dir: str):
+        self.log_text, self.drift_window = settings.log_text, settings.drift_window
+        self.use_model(model_dir)
         self.log = logging.getLogger("sentiment.requests")
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"asctime": "time"}))
-        self.log.handlers, self.log.propagate = [handler], False
+        formatter = JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"asctime": "time"})
+        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+        if settings.prediction_log:
+            Path(settings.prediction_log).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(settings.prediction_log))
+        for handler in handlers:
+            handler.setFormatter(formatter)
+        self.log.handlers, self.log.propagate = handlers, False
         self.log.setLevel(logging.INFO)
         self.predictions = bentoml.metrics.Counter(
-            name="sentiment_predictions", documentation="Predictions served, by label", labelnames=["label"]
+            name="sentiment_predictions",
+            documentation="Predictions served, by label and A/B variant (shadow answers included)",
+            labelnames=["label", "variant"],
+        )
+        self.requests = bentoml.metrics.Counter(
+            name="sentiment_ab_requests",
+            documentation="Requests answered per A/B variant; shadow=true: copies the challenger answered unseen",
+            labelnames=["variant", "shadow"],
+        )
+        self.latency = bentoml.metrics.Histogram(
+            name="sentiment_ab_latency_seconds",
+            documentation="Time to answer a request, per A/B variant",
+            labelnames=["variant", "shadow"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.confidence = bentoml.metrics.Histogram(
+            name="sentiment_confidence",
+            documentation=FEATURES["confidence"].description + ", per A/B variant",
+            labelnames=["variant"],
+            buckets=FEATURES["confidence"].edges,
+        )
+        self.shadow_skipped = bentoml.metrics.Counter(
+            name="sentiment_ab_shadow_skipped", documentation="Shadow copies skipped: too many already in flight"
         )
         self.routed = bentoml.metrics.Counter(
             name="sentiment_routed",
@@ -46,35 +110,42 @@ class RequestTelemetry:
             name: bentoml.metrics.Histogram(
                 name=f"sentiment_{name}", documentation=FEATURES[name].description, buckets=FEATURES[name].edges
             )
-            for name in ("tokens", "oov_rate", "confidence")
+            for name in ("tokens", "oov_rate")
         }
         self.truncated = bentoml.metrics.Counter(
             name="sentiment_truncated_texts", documentation=FEATURES["truncated"].description
         )
         self.psi = bentoml.metrics.Gauge(
             name="sentiment_drift_psi",
-            documentation=f"PSI per feature, last {drift_window} texts vs the reference profile (> {PSI_ALERT}: drift)",
+            documentation=f"PSI per feature, last {self.drift_window} texts vs the reference profile (> {PSI_ALERT}: "
+            "drift)",
             labelnames=["feature"],
         )
 
-    def record(
-        self, request_id: str, endpoint: str, texts: list[str], predictions: list[Prediction], started: float
-    ) -> None:
+    def use_model(self, model_dir: str) -> None:
+        """The champion's tokenizer and reference profile (again when a new champion is loaded: a fresh window)."""
+        self.statistics = TextStatistics.for_model(model_dir)
+        self.drift = DriftMonitor.for_model(model_dir, self.drift_window)
+
+    def record(self, request: RequestRecord, texts: list[str], predictions: list[Prediction]) -> None:
+        """Metrics and the log line of one answered request; the drift monitor sees the champion's answers only (its
+        reference profile is the champion's)."""
+        variant, shadow = request.variant, str(request.shadow).lower()
+        latency_s = time.perf_counter() - request.started
+        self.requests.labels(variant=variant, shadow=shadow).inc()
+        self.latency.labels(variant=variant, shadow=shadow).observe(latency_s)
         for prediction in predictions:
-            self.predictions.labels(label=prediction.label).inc()
-            self.routed.labels(path=prediction.path).inc()
-        self.request_texts.labels(endpoint=endpoint).observe(len(texts))
-        self.watch(texts, predictions)
-        record = {
-            "request_id": request_id,
-            "endpoint": endpoint,
-            "batch_size": len(texts),
-            "latency_ms": round(1000 * (time.perf_counter() - started), 2),
-            "labels": [p.label for p in predictions],
-            "paths": [p.path for p in predictions],
-            "model_version": self.model_version,
-        }
-        self.log.info("prediction", extra=record | ({"texts": texts} if self.log_text else {}))
+            self.predictions.labels(label=prediction.label, variant=variant).inc()
+            self.confidence.labels(variant=variant).observe(prediction.score)
+        extra = {}
+        if not request.shadow:
+            for prediction in predictions:
+                self.routed.labels(path=prediction.path).inc()
+            self.request_texts.labels(endpoint=request.endpoint).observe(len(texts))
+            if variant == CHAMPION:
+                self.watch(texts, predictions)
+            extra = {"texts": texts} if self.log_text else {}
+        self.log.info("prediction", extra=request.log_fields(texts, predictions, latency_s) | extra)
 
     def watch(self, texts: list[str], predictions: list[Prediction]) -> None:
         """Each text's drift features into the histograms and the window; each feature's PSI into its gauge."""
@@ -95,12 +166,20 @@ class RequestTelemetry:
         return self.drift.status()
 
 
-def publish_selfcheck(check: SelfCheck) -> None:
-    """The classifier's gauges: what the int8 self-check measured on this CPU, and the variant it chose."""
-    bentoml.metrics.Gauge(
-        name="sentiment_int8_selfcheck_agreement",
-        documentation="int8 vs fp32 argmax agreement on the golden set, measured at start on this CPU",
-    ).set(check.agreement if check.agreement is not None else -1)
-    bentoml.metrics.Gauge(
-        name="sentiment_served_variant", documentation="1 for the variant served", labelnames=["variant"]
-    ).labels(variant=check.served).set(1)
+class SelfCheckGauges:
+    """The classifier's gauges: what the champion's int8 self-check measured on this CPU, and the file it serves
+    (set again when a new champion is loaded)."""
+
+    def __init__(self) -> None:
+        self.agreement = bentoml.metrics.Gauge(
+            name="sentiment_int8_selfcheck_agreement",
+            documentation="int8 vs fp32 argmax agreement on the golden set, measured at start on this CPU",
+        )
+        self.served = bentoml.metrics.Gauge(
+            name="sentiment_served_variant", documentation="1 for the variant served", labelnames=["variant"]
+        )
+
+    def publish(self, check: SelfCheck) -> None:
+        self.agreement.set(check.agreement if check.agreement is not None else -1)
+        for variant in ("int8", "fp32"):
+            self.served.labels(variant=variant).set(int(variant == check.served))

@@ -38,5 +38,7 @@ def test_compose_stack_and_dashboard_queries():
         "request_duration_seconds_bucket",
         "adaptive_batch_size",
         "sentiment_predictions_total",
+        "sentiment_ab_requests_total",
+        "sentiment_ab_latency_seconds_bucket",
     ):
         assert metric in queries

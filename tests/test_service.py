@@ -36,7 +36,8 @@ def test_health_and_bentoml_endpoints(server):
 
 def test_predict_shape_label_order_and_scores(server):
     body = requests.post(f"{server}/predict", json={"text": "An absolute masterpiece, I loved every minute."}).json()
-    assert set(body) == {"label", "label_id", "score", "scores", "path", "model_version"}
+    assert set(body) == {"label", "label_id", "score", "scores", "path", "model_version", "variant"}
+    assert body["variant"] == "champion"  # no challenger served
     assert body["path"] in ("lexical", "ensemble")  # the release serves the cascade
     assert list(body["scores"]) == ["neg", "pos"]
     assert body["label"] == "pos" and body["label_id"] == 1
@@ -149,7 +150,7 @@ def test_concurrent_requests_are_batched(server):
     texts_after, calls_after = batches()
     assert texts_after - texts_before == 64  # every request went through the batched method
     assert calls_after - calls_before < 64  # ...in fewer calls than requests: batch size > 1 happened
-    assert 'sentiment_predictions_total{label="pos"}' in requests.get(f"{server}/metrics").text
+    assert 'sentiment_predictions_total{label="pos",variant="champion"}' in requests.get(f"{server}/metrics").text
 
 
 def test_sustained_concurrent_load_has_no_errors(server):

@@ -1,0 +1,186 @@
+"""A/B testing for real: two registered tiny models exported into a store of the test's own, served side by side by
+`bentoml serve` (a sticky split, then a shadow copy), the prediction log read back by `make ab-report` with real
+labels, and a new export under the champion's tag picked up while requests keep coming (none dropped)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from loadtests.common import bentoml_serve, running, sample_labelled
+from reporting.ab import ABReportConfig
+from reporting.ab import run as ab_report
+from tests.conftest import free_port
+from tests.test_training_pipeline import tiny_config
+from training.registry import register
+from training.train import run as train
+
+pytestmark = pytest.mark.timeout(600)
+ROOT = Path(__file__).resolve().parents[1]
+CHAMPION_TAG, CHALLENGER_TAG = "tiny-onnx:latest", "tiny-onnx-challenger:latest"
+SMALL_EXPORT = ["calibration_samples=8", "golden_size=8", "profile_texts=0", "timing_samples=4"]
+
+
+def export(env: dict[str, str], cwd: Path, *models: tuple[str, str]) -> None:
+    """`python -m export.export` per (registry URI, BentoML model name), into the test's store."""
+    for uri, bento_model in models:
+        command = [sys.executable, "-m", "export.export", f"model_uri={uri}", f"bento_model={bento_model}"]
+        command += [*SMALL_EXPORT, f"report={cwd / 'parity.json'}"]
+        result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def store(tiny_checkpoint, data_dir, tmp_path_factory):
+    """Two versions of a tiny model (1 and 6 training steps: they answer differently), registered, version 1 exported
+    as the champion and version 2 as the challenger, in an MLflow store and a BentoML store of this module's own."""
+    tmp = tmp_path_factory.mktemp("ab")
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "BENTOML_HOME": str(tmp / "bentoml"),
+        "PYTHONPATH": str(ROOT),
+    }
+    previous, cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+    os.chdir(tmp)
+    try:
+        for steps in (1, 6):
+            config = tiny_config(tiny_checkpoint, data_dir, tmp / f"steps-{steps}", **{"train.max_steps": steps})
+            train(config)
+            register(Path(config.models_dir) / config.name, config)
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("MLFLOW_TRACKING_URI") if previous is None else os.environ.update(MLFLOW_TRACKING_URI=previous)
+    export(env, tmp, ("models:/tiny-sentiment/1", "tiny-onnx"), ("models:/tiny-sentiment/2", "tiny-onnx-challenger"))
+    return {"env": env, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory) -> tuple[list[str], Path]:
+    """Real labelled test reviews, and the same as the labels file fed back to the report."""
+    texts, labels = sample_labelled(60, seed=3)
+    path = tmp_path_factory.mktemp("labels") / "labels.parquet"
+    pd.DataFrame({"text": texts, "label": labels}).to_parquet(path)
+    return texts, path
+
+
+def serve(store: dict, log: Path, **settings: str):
+    port = free_port()
+    env = {
+        "BENTOML_HOME": store["env"]["BENTOML_HOME"],
+        "BENTO_MODEL_TAG": CHAMPION_TAG,
+        "CHALLENGER_MODEL_TAG": CHALLENGER_TAG,
+        "PREDICTION_LOG": str(log),
+    } | settings
+    return f"http://127.0.0.1:{port}", running(bentoml_serve(port), f"http://127.0.0.1:{port}/health", env)
+
+
+def log_lines(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_a_sticky_split_answers_each_user_with_one_variant_and_the_report_compares_them(store, reviews, tmp_path):
+    texts, labels_file = reviews
+    log = tmp_path / "predictions.jsonl"
+    url, server = serve(store, log, AB_MODE="split", CHALLENGER_SHARE="0.5", MODEL_POLL_S="0")
+    with server:
+        health = requests.get(f"{url}/health").json()
+        assert health["ab"] == {"mode": "split", "challenger_share": 0.5, "challenger": "tiny-sentiment:2"}
+        answers = []
+        for i, text in enumerate(texts):
+            user = f"user-{i % 20}"  # 20 users, 3 reviews each
+            response = requests.post(f"{url}/predict", json={"text": text}, headers={"x-user-id": user})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert response.headers["x-model-variant"] == body["variant"]
+            expected_version = {"champion": "tiny-sentiment:1", "challenger": "tiny-sentiment:2"}[body["variant"]]
+            assert body["model_version"] == expected_version
+            answers.append((user, body["variant"], body["label"], text))
+        by_user = {}
+        for user, variant, _, _ in answers:
+            by_user.setdefault(user, set()).add(variant)
+        assert all(len(variants) == 1 for variants in by_user.values()), by_user  # sticky
+        assert {v for (v,) in by_user.values()} == {"champion", "challenger"}
+        # without x-user-id the request id is the key: a batch request says which variant answered it as a whole
+        batch = requests.post(f"{url}/predict_batch", json={"texts": texts[:3]}).json()
+        assert {p["variant"] for p in batch["predictions"]} == {batch["variant"]}
+        answers += [
+            ("batch", p["variant"], p["label"], text) for p, text in zip(batch["predictions"], texts, strict=False)
+        ]
+        metrics = requests.get(f"{url}/metrics").text
+        for variant in ("champion", "challenger"):
+            assert f'sentiment_ab_requests_total{{shadow="false",variant="{variant}"}}' in metrics
+            assert f'sentiment_ab_latency_seconds_count{{shadow="false",variant="{variant}"}}' in metrics
+            assert f'sentiment_confidence_count{{variant="{variant}"}}' in metrics
+
+    report = ab_report(ABReportConfig(log=str(log), labels=str(labels_file), out_dir=str(tmp_path / "report")))
+    truth = dict(zip(texts, pd.read_parquet(labels_file).label.map({0: "neg", 1: "pos"}), strict=True))
+    for variant in ("champion", "challenger"):
+        mine = [(user, label == truth[text]) for user, v, label, text in answers if v == variant]
+        measured = report["split"]["variants"][variant]
+        assert measured["labelled"] == len(mine) and measured["users"] == len({user for user, _ in mine})
+        assert measured["accuracy"] == pytest.approx(sum(right for _, right in mine) / len(mine))
+    assert 0 <= report["split"]["accuracy_test"]["p_value"] <= 1 and "verdict" in report["split"]
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"ab.json", "AB.md", "ab.png"}
+
+
+def test_shadow_mode_answers_with_the_champion_and_logs_the_challengers_copy(store, reviews, tmp_path):
+    texts, labels_file = reviews
+    log = tmp_path / "predictions.jsonl"
+    url, server = serve(store, log, AB_MODE="shadow", MODEL_POLL_S="0")
+    with server:
+        for text in texts[:20]:
+            body = requests.post(f"{url}/predict", json={"text": text}, headers={"x-user-id": "someone"}).json()
+            assert body["variant"] == "champion"
+        deadline = time.time() + 30
+        while sum(line["shadow"] for line in log_lines(log)) < 20 and time.time() < deadline:
+            time.sleep(0.2)
+        assert (
+            'sentiment_ab_requests_total{shadow="true",variant="challenger"} 20.0'
+            in requests.get(f"{url}/metrics").text
+        )
+    shadows = [line for line in log_lines(log) if line["shadow"]]
+    assert len(shadows) == 20 and {line["variant"] for line in shadows} == {"challenger"}
+    report = ab_report(ABReportConfig(log=str(log), labels=str(labels_file), out_dir=str(tmp_path / "report")))
+    assert report["shadow"]["pairs"] == 20 and 0 <= report["shadow"]["agreement"] <= 1
+    assert report["shadow"]["accuracy_test"]["labelled_pairs"] == 20
+    assert set(report["split"]["variants"]) == {"champion"}  # users only ever saw the champion
+
+
+def test_a_new_export_under_the_champions_tag_is_picked_up_without_dropping_requests(store, tmp_path):
+    url, server = serve(store, tmp_path / "predictions.jsonl", CHALLENGER_MODEL_TAG="", MODEL_POLL_S="1")
+    statuses, versions, stop = [], set(), threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            response = requests.post(f"{url}/predict", json={"text": "A fine, moving film."}, timeout=30)
+            statuses.append(response.status_code)
+            versions.add(response.json().get("model_version"))
+
+    with server:
+        before = requests.get(f"{url}/health").json()["model"]
+        thread = threading.Thread(target=client)
+        thread.start()
+        try:
+            export(store["env"], store["tmp"], ("models:/tiny-sentiment/2", "tiny-onnx"))  # the retrain's promotion
+            deadline = time.time() + 60
+            while requests.get(f"{url}/health").json()["model"] == before and time.time() < deadline:
+                time.sleep(0.5)
+            time.sleep(1)
+        finally:
+            stop.set()
+            thread.join()
+        health = requests.get(f"{url}/health").json()
+    assert health["model"] != before and health["version"] == "tiny-sentiment:2"
+    assert health["selfcheck"]["model"] == health["model"]  # the classifier serves the new file too
+    assert statuses and set(statuses) == {200}, statuses
+    assert versions == {"tiny-sentiment:1", "tiny-sentiment:2"}
