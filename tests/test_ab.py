@@ -19,6 +19,7 @@ import requests
 from loadtests.common import bentoml_serve, running, sample_labelled
 from reporting.ab import ABReportConfig
 from reporting.ab import run as ab_report
+from serving.variants import bucket
 from tests.conftest import free_port
 from tests.test_training_pipeline import tiny_config
 from training.registry import register
@@ -27,16 +28,20 @@ from training.train import run as train
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[1]
 CHAMPION_TAG, CHALLENGER_TAG = "tiny-onnx:latest", "tiny-onnx-challenger:latest"
-SMALL_EXPORT = ["calibration_samples=8", "golden_size=8", "profile_texts=0", "timing_samples=4"]
+SMALL_EXPORT = {"calibration_samples": 8, "golden_size": 8, "profile_texts": 0, "timing_samples": 4}
 
 
 def export(env: dict[str, str], cwd: Path, *models: tuple[str, str]) -> None:
-    """`python -m export.export` per (registry URI, BentoML model name), into the test's store."""
-    for uri, bento_model in models:
-        command = [sys.executable, "-m", "export.export", f"model_uri={uri}", f"bento_model={bento_model}"]
-        command += [*SMALL_EXPORT, f"report={cwd / 'parity.json'}"]
-        result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, result.stderr[-2000:]
+    """`export.export.run` per (registry URI, BentoML model name) into the test's store, in one process (its imports
+    take seconds)."""
+    configs = [
+        json.dumps({"model_uri": uri, "bento_model": bento_model, "report": str(cwd / "parity.json")} | SMALL_EXPORT)
+        for uri, bento_model in models
+    ]
+    script = "import json, sys; from export.export import ExportConfig, run\n"
+    script += "for config in sys.argv[1:]: run(ExportConfig(**json.loads(config)))"
+    result = subprocess.run([sys.executable, "-c", script, *configs], env=env, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -84,43 +89,50 @@ def serve(store: dict, log: Path, **settings: str):
     return f"http://127.0.0.1:{port}", running(bentoml_serve(port), f"http://127.0.0.1:{port}/health", env)
 
 
+@pytest.fixture(scope="module")
+def split_server(store, tmp_path_factory):
+    """Half the users on the challenger; the store is polled every second (the reload test exports into it)."""
+    log = tmp_path_factory.mktemp("split") / "predictions.jsonl"
+    url, server = serve(store, log, AB_MODE="split", CHALLENGER_SHARE="0.5", MODEL_POLL_S="1")
+    with server:
+        yield url, log
+
+
 def log_lines(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def test_a_sticky_split_answers_each_user_with_one_variant_and_the_report_compares_them(store, reviews, tmp_path):
+def test_a_sticky_split_answers_each_user_with_one_variant_and_the_report_compares_them(
+    split_server, reviews, tmp_path
+):
     texts, labels_file = reviews
-    log = tmp_path / "predictions.jsonl"
-    url, server = serve(store, log, AB_MODE="split", CHALLENGER_SHARE="0.5", MODEL_POLL_S="0")
-    with server:
-        health = requests.get(f"{url}/health").json()
-        assert health["ab"] == {"mode": "split", "challenger_share": 0.5, "challenger": "tiny-sentiment:2"}
-        answers = []
-        for i, text in enumerate(texts):
-            user = f"user-{i % 20}"  # 20 users, 3 reviews each
-            response = requests.post(f"{url}/predict", json={"text": text}, headers={"x-user-id": user})
-            assert response.status_code == 200, response.text
-            body = response.json()
-            assert response.headers["x-model-variant"] == body["variant"]
-            expected_version = {"champion": "tiny-sentiment:1", "challenger": "tiny-sentiment:2"}[body["variant"]]
-            assert body["model_version"] == expected_version
-            answers.append((user, body["variant"], body["label"], text))
-        by_user = {}
-        for user, variant, _, _ in answers:
-            by_user.setdefault(user, set()).add(variant)
-        assert all(len(variants) == 1 for variants in by_user.values()), by_user  # sticky
-        assert {v for (v,) in by_user.values()} == {"champion", "challenger"}
-        # without x-user-id the request id is the key: a batch request says which variant answered it as a whole
-        batch = requests.post(f"{url}/predict_batch", json={"texts": texts[:3]}).json()
-        assert {p["variant"] for p in batch["predictions"]} == {batch["variant"]}
-        answers += [
-            ("batch", p["variant"], p["label"], text) for p, text in zip(batch["predictions"], texts, strict=False)
-        ]
-        metrics = requests.get(f"{url}/metrics").text
-        for variant in ("champion", "challenger"):
-            assert f'sentiment_ab_requests_total{{shadow="false",variant="{variant}"}}' in metrics
-            assert f'sentiment_ab_latency_seconds_count{{shadow="false",variant="{variant}"}}' in metrics
-            assert f'sentiment_confidence_count{{variant="{variant}"}}' in metrics
+    url, log = split_server
+    health = requests.get(f"{url}/health").json()
+    assert health["ab"] == {"mode": "split", "challenger_share": 0.5, "challenger": "tiny-sentiment:2"}
+    answers = []
+    for i, text in enumerate(texts):
+        user = f"user-{i % 20}"  # 20 users, 3 reviews each
+        response = requests.post(f"{url}/predict", json={"text": text}, headers={"x-user-id": user})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert response.headers["x-model-variant"] == body["variant"]
+        expected_version = {"champion": "tiny-sentiment:1", "challenger": "tiny-sentiment:2"}[body["variant"]]
+        assert body["model_version"] == expected_version
+        answers.append((user, body["variant"], body["label"], text))
+    by_user = {}
+    for user, variant, _, _ in answers:
+        by_user.setdefault(user, set()).add(variant)
+    assert all(len(variants) == 1 for variants in by_user.values()), by_user  # sticky
+    assert {v for (v,) in by_user.values()} == {"champion", "challenger"}
+    # without x-user-id the request id is the key: a batch request says which variant answered it as a whole
+    batch = requests.post(f"{url}/predict_batch", json={"texts": texts[:3]}).json()
+    assert {p["variant"] for p in batch["predictions"]} == {batch["variant"]}
+    answers += [("batch", p["variant"], p["label"], text) for p, text in zip(batch["predictions"], texts, strict=False)]
+    metrics = requests.get(f"{url}/metrics").text
+    for variant in ("champion", "challenger"):
+        assert f'sentiment_ab_requests_total{{shadow="false",variant="{variant}"}}' in metrics
+        assert f'sentiment_ab_latency_seconds_count{{shadow="false",variant="{variant}"}}' in metrics
+        assert f'sentiment_confidence_count{{variant="{variant}"}}' in metrics
 
     report = ab_report(ABReportConfig(log=str(log), labels=str(labels_file), out_dir=str(tmp_path / "report")))
     truth = dict(zip(texts, pd.read_parquet(labels_file).label.map({0: "neg", 1: "pos"}), strict=True))
@@ -131,6 +143,38 @@ def test_a_sticky_split_answers_each_user_with_one_variant_and_the_report_compar
         assert measured["accuracy"] == pytest.approx(sum(right for _, right in mine) / len(mine))
     assert 0 <= report["split"]["accuracy_test"]["p_value"] <= 1 and "verdict" in report["split"]
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"ab.json", "AB.md", "ab.png"}
+
+
+def test_a_new_export_under_the_champions_tag_is_picked_up_without_dropping_requests(split_server, store):
+    url, _ = split_server
+    user = next(f"user-{i}" for i in range(100) if bucket(f"user-{i}") >= 0.5)  # one the split keeps on the champion
+    statuses, versions, stop = [], set(), threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            response = requests.post(
+                f"{url}/predict", json={"text": "A fine, moving film."}, headers={"x-user-id": user}, timeout=30
+            )
+            statuses.append(response.status_code)
+            versions.add(response.json().get("model_version"))
+
+    before = requests.get(f"{url}/health").json()["model"]
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        export(store["env"], store["tmp"], ("models:/tiny-sentiment/2", "tiny-onnx"))  # as a promotion would
+        deadline = time.time() + 60
+        while requests.get(f"{url}/health").json()["model"] == before and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join()
+    health = requests.get(f"{url}/health").json()
+    assert health["model"] != before and health["version"] == "tiny-sentiment:2"
+    assert health["selfcheck"]["model"] == health["model"]  # the classifier serves the new file too
+    assert statuses and set(statuses) == {200}, statuses
+    assert versions == {"tiny-sentiment:1", "tiny-sentiment:2"}
 
 
 def test_shadow_mode_answers_with_the_champion_and_logs_the_challengers_copy(store, reviews, tmp_path):
@@ -154,33 +198,3 @@ def test_shadow_mode_answers_with_the_champion_and_logs_the_challengers_copy(sto
     assert report["shadow"]["pairs"] == 20 and 0 <= report["shadow"]["agreement"] <= 1
     assert report["shadow"]["accuracy_test"]["labelled_pairs"] == 20
     assert set(report["split"]["variants"]) == {"champion"}  # users only ever saw the champion
-
-
-def test_a_new_export_under_the_champions_tag_is_picked_up_without_dropping_requests(store, tmp_path):
-    url, server = serve(store, tmp_path / "predictions.jsonl", CHALLENGER_MODEL_TAG="", MODEL_POLL_S="1")
-    statuses, versions, stop = [], set(), threading.Event()
-
-    def client() -> None:
-        while not stop.is_set():
-            response = requests.post(f"{url}/predict", json={"text": "A fine, moving film."}, timeout=30)
-            statuses.append(response.status_code)
-            versions.add(response.json().get("model_version"))
-
-    with server:
-        before = requests.get(f"{url}/health").json()["model"]
-        thread = threading.Thread(target=client)
-        thread.start()
-        try:
-            export(store["env"], store["tmp"], ("models:/tiny-sentiment/2", "tiny-onnx"))  # the retrain's promotion
-            deadline = time.time() + 60
-            while requests.get(f"{url}/health").json()["model"] == before and time.time() < deadline:
-                time.sleep(0.5)
-            time.sleep(1)
-        finally:
-            stop.set()
-            thread.join()
-        health = requests.get(f"{url}/health").json()
-    assert health["model"] != before and health["version"] == "tiny-sentiment:2"
-    assert health["selfcheck"]["model"] == health["model"]  # the classifier serves the new file too
-    assert statuses and set(statuses) == {200}, statuses
-    assert versions == {"tiny-sentiment:1", "tiny-sentiment:2"}
