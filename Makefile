@@ -9,14 +9,15 @@ NPROC ?= 1
 # one process, or NPROC data-parallel ones (DDP: gloo on CPU, NCCL on GPUs); multi-node: see docs/SCALE_OUT.md
 LAUNCH := $(if $(filter-out 1,$(NPROC)),.venv/bin/torchrun --standalone --nproc_per_node $(NPROC),$(PYTHON))
 INPUT ?= ../shared/data/imdb/test.parquet
+LOG ?= build/ab/predictions.jsonl
 OUTPUT ?= build/scores
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export model serve build \
+.PHONY: install lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
-	loadtest benchmark soak score report mlflow-ui notebook test all
+	loadtest benchmark soak score ab-report report mlflow-ui notebook test all
 
 install:  ## .venv from requirements.txt (torch is the CPU build); Debian's chromium (UI test) and Java (Spark)
 	python3.11 -m venv .venv
@@ -66,6 +67,12 @@ register:  ## the only registry writer: committed adapter -> MLflow version, cha
 export:  ## registry model -> ONNX fp32 + int8 candidates -> parity gate -> BentoML model store
 	$(PYTHON) -m export.export model_uri=$(MODEL_URI) $(ARGS)
 
+export-challenger:  ## the registry's challenger -> BentoML model imdb-sentiment-onnx-challenger (A/B: docs/MLOPS.md)
+	$(PYTHON) -m export.export model_uri=models:/imdb-sentiment@challenger bento_model=imdb-sentiment-onnx-challenger $(ARGS)
+
+retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champion (test split + held-out new data): promoted and exported, or kept as challenger -> reports/retrain/<id>/
+	$(PYTHON) -m training.retrain new_data=$(NEW_DATA) $(ARGS)
+
 model:  ## register and export only what is missing (what serve and test need)
 	$(PYTHON) -m training.registry --model-dir $(MODEL_DIR) --if-missing
 	$(PYTHON) -m export.export model_uri=$(MODEL_URI) --if-missing
@@ -96,6 +103,9 @@ soak: model  ## 10 minutes at 80% of the benchmark's best load under p95 100 ms 
 
 score: model  ## Spark batch scoring with the served model: INPUT=file/folder -> OUTPUT (Parquet), reports/scoring/
 	$(PYTHON) -m scoring.score input=$(INPUT) output=$(OUTPUT) $(ARGS)
+
+ab-report:  ## A/B comparison from the service's PREDICTION_LOG (LOG=...; LABELS=labelled texts) -> reports/ab/
+	$(PYTHON) -m reporting.ab log=$(LOG) $(if $(LABELS),labels=$(LABELS)) $(ARGS)
 
 report:  ## reports/PERFORMANCE.md and the model card, from the measured files
 	$(PYTHON) -m reporting.render

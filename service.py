@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass
 
 import aiohttp
 import bentoml
@@ -24,15 +23,19 @@ from fastapi import Depends, FastAPI, Request, Response
 from serving import errors
 from serving.explain import Explainer, Explanation
 from serving.hybrid import HybridPolicy, Mode
-from serving.runtime import OnnxTextClassifier
 from serving.schemas import SETTINGS, BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
-from serving.selfcheck import VARIANT_FILES, SelfCheck, SelfCheckLimits, load_classifier
+from serving.selfcheck import VARIANT_FILES, CheckedModel
 from serving.telemetry import RequestRecord, RequestTelemetry, SelfCheckGauges
 from serving.variants import CHALLENGER, CHAMPION, Split, StoredModel, Variant, VariantName, current_tag
 
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
 CHALLENGER_MODEL = bentoml.models.BentoModel(SETTINGS.challenger_model_tag) if SETTINGS.challenger_model_tag else None
 HEALTH_TIMEOUT_S = 2.0
+BATCHED = {  # adaptive batching of the classifier's methods
+    "batchable": SETTINGS.adaptive_batching,
+    "max_batch_size": SETTINGS.max_batch_size,
+    "max_latency_ms": SETTINGS.max_latency_ms,
+}
 log = logging.getLogger("sentiment.service")
 
 # Serving image: a slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's
@@ -64,7 +67,7 @@ class OnnxClassifier:
 
     def __init__(self) -> None:
         self.gauges = SelfCheckGauges()
-        self.loaded: dict[str, LoadedModel] = {}
+        self.loaded: dict[str, CheckedModel] = {}
         for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)):
             if model is not None:
                 self.load(name, model)
@@ -72,30 +75,20 @@ class OnnxClassifier:
 
     def load(self, variant: VariantName, model: StoredModel) -> None:
         """Load and self-check beside the model in use, then swap: batches in flight finish on the old one."""
-        limits = SelfCheckLimits(**model.info.metadata["selfcheck"])
-        runtime, check = load_classifier(model.path, limits, SETTINGS.workers)
-        self.loaded[variant] = LoadedModel(str(model.info.tag), runtime, check)
+        self.loaded[variant] = CheckedModel.load(model, SETTINGS.workers)
         if variant == CHAMPION:
-            self.gauges.publish(check)
+            self.gauges.publish(self.loaded[variant].check)
 
     def _classify(self, variant: VariantName, texts: list[str]) -> list[list[float]]:
         self.calls, self.texts = self.calls + 1, self.texts + len(texts)
         return self.loaded[variant].runtime.predict_proba(texts).tolist()
 
-    @bentoml.api(
-        batchable=SETTINGS.adaptive_batching,
-        max_batch_size=SETTINGS.max_batch_size,
-        max_latency_ms=SETTINGS.max_latency_ms,
-    )
+    @bentoml.api(**BATCHED)
     def classify(self, texts: list[str]) -> list[list[float]]:
         """The champion's class probabilities per text (label order as in the model's `label_names`)."""
         return self._classify(CHAMPION, texts)
 
-    @bentoml.api(
-        batchable=SETTINGS.adaptive_batching,
-        max_batch_size=SETTINGS.max_batch_size,
-        max_latency_ms=SETTINGS.max_latency_ms,
-    )
+    @bentoml.api(**BATCHED)
     def classify_challenger(self, texts: list[str]) -> list[list[float]]:
         """The A/B challenger's, batched on its own."""
         return self._classify(CHALLENGER, texts)
@@ -113,16 +106,6 @@ class OnnxClassifier:
         if CHALLENGER in self.loaded:
             status[CHALLENGER] = self.loaded[CHALLENGER].describe()
         return status
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    tag: str
-    runtime: OnnxTextClassifier
-    check: SelfCheck
-
-    def describe(self) -> dict:
-        return asdict(self.check) | {"model": self.tag}
 
 
 app = FastAPI(title="imdb-sentiment", description=__doc__)

@@ -36,9 +36,9 @@ from serving.runtime import CONFIG_FILE, TOKENIZER_FILE, OnnxTextClassifier, cpu
 from serving.selfcheck import FP32_FILE, GOLDEN_FILE, INT8_FILE, SelfCheckLimits, save_golden
 from serving.text import unpack_ids
 from training.config import ExperimentConfig, command_line, config_from_dict
-from training.data import load_data
+from training.data import DataSourceError, load_data
 from training.modeling import PARITY_SAMPLE, predict_ids
-from training.registry import HYBRID_DIR, SELECTION_METRIC, setup_tracking
+from training.registry import HYBRID_DIR, SELECTION_METRIC, registered_with_hybrid, setup_tracking
 
 
 class ParityError(RuntimeError):
@@ -97,7 +97,7 @@ def load_parity_sample(run_id: str) -> tuple[list[list[int]], np.ndarray]:
 
 def download_hybrid(run_id: str, out_dir: Path) -> HybridPolicy | None:
     """The lexical model and hybrid policy registered with the version, into `out_dir` (None: transformer only)."""
-    if not MlflowClient().list_artifacts(run_id, HYBRID_DIR):
+    if not registered_with_hybrid(run_id):
         return None
     mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{HYBRID_DIR}", dst_path=str(out_dir))
     for name in (LEXICAL_FILE, POLICY_FILE):
@@ -208,7 +208,7 @@ def reference_profile(config: ExperimentConfig, onnx_dir: Path, model_file: str,
         return None
     try:
         validation = load_data(config.data).splits["validation"]
-    except (FileNotFoundError, OSError, ValueError) as error:  # no local copy and no hub: the service runs without
+    except (DataSourceError, OSError, ValueError) as error:  # no local copy and no hub: the service runs without
         print(f"WARNING: no drift reference profile ({error})", file=sys.stderr)
         return None
     texts = validation["text"][:n_texts]

@@ -8,13 +8,14 @@ the limits it logs an error and serves fp32 instead.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from serving.runtime import OnnxTextClassifier, cpu_flags
 from serving.text import pack_ids, unpack_ids
+from serving.variants import StoredModel
 
 FP32_FILE, INT8_FILE, GOLDEN_FILE = "model.onnx", "model.int8.onnx", "golden.npz"
 VARIANT_FILES = {"int8": INT8_FILE, "fp32": FP32_FILE}
@@ -66,3 +67,20 @@ def load_classifier(
         return int8, check
     log.error("int8 self-check failed on this CPU, serving fp32: %s", measured)
     return OnnxTextClassifier(model_dir, FP32_FILE, workers), check
+
+
+@dataclass(frozen=True)
+class CheckedModel:
+    """A store model ready to serve: its tag, the runtime its self-check chose on this CPU, and what it measured."""
+
+    tag: str
+    runtime: OnnxTextClassifier
+    check: SelfCheck
+
+    @classmethod
+    def load(cls, model: StoredModel, workers: int | None = None) -> CheckedModel:
+        limits = SelfCheckLimits(**model.info.metadata["selfcheck"])
+        return cls(str(model.info.tag), *load_classifier(model.path, limits, workers))
+
+    def describe(self) -> dict:
+        return asdict(self.check) | {"model": self.tag}

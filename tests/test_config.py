@@ -28,6 +28,7 @@ COMMANDS = {
     "training.evaluate": "data.max_test_samples",
     "training.registry": "registered_model",
     "export.export": "min_agreement",
+    "training.retrain": "max_class_regression",
 }
 
 

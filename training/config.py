@@ -35,6 +35,7 @@ class DataConfig:
 
     `name` is a folder under `data_dir` (holding `train`/`test` files as .parquet, .csv or .jsonl) or a
     path to such a folder or a single file; `hub_id` is the Hugging Face dataset used when no local copy exists.
+    `extra_train` adds more training data of the same classes (what `training.retrain` trains a challenger on).
     """
 
     name: str = "imdb"
@@ -43,6 +44,9 @@ class DataConfig:
     text_column: str = "text"
     label_column: str = "label"
     label_names: list[str] | None = None
+    # labelled files (.parquet/.csv/.jsonl, the columns above, labels as names or ids of the source's classes)
+    # appended to the source's train split before validation is carved; they change the data fingerprint
+    extra_train: list[str] = field(default_factory=list)
     validation_size: float = 0.1
     test_size: float = 0.2  # only used when the source has no test split of its own
     max_train_samples: int | None = None

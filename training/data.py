@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
-from datasets import ClassLabel, DatasetDict
+from datasets import ClassLabel, DatasetDict, Value
 
 from training.config import DataConfig
 
@@ -38,8 +38,8 @@ def _local_files(config: DataConfig) -> dict[str, Path]:
     return {}
 
 
-def _fingerprint(files: dict[str, Path]) -> str:
-    digest = hashlib.sha256()
+def _fingerprint(files: dict[str, Path], base: str = "") -> str:
+    digest = hashlib.sha256(base.encode())
     for split, path in sorted(files.items()):
         digest.update(split.encode())
         digest.update(path.read_bytes())
@@ -84,14 +84,17 @@ def _standardise(raw: DatasetDict, config: DataConfig) -> tuple[DatasetDict, lis
     if config.label_column != "label":
         raw = raw.rename_column(config.label_column, "label")
     feature = next(iter(raw.values())).features["label"]
+    labels = {label for values in raw.unique("label").values() for label in values}  # in Arrow, not row by row
     if isinstance(feature, ClassLabel):
         names = config.label_names or feature.names
     elif feature.dtype in ("string", "large_string"):
-        names = config.label_names or sorted({label for split in raw.values() for label in split["label"]})
-        raw = raw.class_encode_column("label") if not config.label_names else raw
+        names = config.label_names or sorted(labels)
+        raw = raw.cast_column("label", Value("string"))  # ClassLabel maps the names of `string`, not `large_string`
     else:
-        values = sorted({int(v) for split in raw.values() for v in split["label"]})
+        values = sorted(int(v) for v in labels)
         names = config.label_names or [str(v) for v in range(values[-1] + 1)]
+        if values[0] < 0 or values[-1] >= len(names):
+            raise DataSourceError(f"label ids {values[0]}..{values[-1]} do not fit the {len(names)} classes {names}")
     return raw.cast_column("label", ClassLabel(names=list(names))), list(names)
 
 
@@ -109,10 +112,24 @@ def read_splits(config: DataConfig) -> LoadedData:
     return LoadedData(splits=raw, label_names=names, source=source, fingerprint=fingerprint)
 
 
+def read_labelled_file(path: str | Path, config: DataConfig, label_names: list[str]) -> datasets.Dataset:
+    """One labelled file with `config`'s columns, as `text`/`label` of the classes `label_names` (given in the file
+    as names or as ids)."""
+    path = Path(path)
+    if path.suffix not in EXTENSIONS:
+        raise DataSourceError(f"{path}: not one of {sorted(EXTENSIONS)}")
+    try:
+        raw = datasets.load_dataset(EXTENSIONS[path.suffix], data_files={"train": str(path)})
+    except Exception as error:
+        raise DataSourceError(f"could not read {path}: {error}") from error
+    return _standardise(raw, replace(config, label_names=label_names))[0]["train"]
+
+
 def load_data(config: DataConfig) -> LoadedData:
-    """Train/validation/test splits; validation is carved from train, the test split is only ever scored."""
+    """Train/validation/test splits; validation is carved from train (with `extra_train` appended), the test split
+    is only ever scored."""
     source_data = read_splits(config)
-    raw, source = source_data.splits, source_data.source
+    raw, source, fingerprint = source_data.splits, source_data.source, source_data.fingerprint
     if "train" not in raw or "test" not in raw:
         # A single file or split (a custom CSV, AG News' test-only copy): carve our own seeded test split.
         if len(raw) != 1:
@@ -120,6 +137,11 @@ def load_data(config: DataConfig) -> LoadedData:
         (only,) = raw.values()
         carved = only.train_test_split(test_size=config.test_size, stratify_by_column="label", seed=config.seed)
         raw = DatasetDict(train=carved["train"], test=carved["test"])
+    if config.extra_train:
+        extra = [read_labelled_file(p, config, source_data.label_names) for p in config.extra_train]
+        features = raw["train"].features
+        raw["train"] = datasets.concatenate_datasets([raw["train"], *(part.cast(features) for part in extra)])
+        fingerprint = _fingerprint({f"extra_train.{i}": Path(p) for i, p in enumerate(config.extra_train)}, fingerprint)
     if "validation" not in raw:
         carved = raw["train"].train_test_split(
             test_size=config.validation_size, stratify_by_column="label", seed=config.seed
@@ -130,6 +152,4 @@ def load_data(config: DataConfig) -> LoadedData:
         validation=_cap(raw["validation"], config.max_validation_samples, config.seed),
         test=_cap(raw["test"], config.max_test_samples, config.seed),
     )
-    return LoadedData(
-        splits=splits, label_names=source_data.label_names, source=source, fingerprint=source_data.fingerprint
-    )
+    return LoadedData(splits=splits, label_names=source_data.label_names, source=source, fingerprint=fingerprint)

@@ -6,6 +6,7 @@ Rebuilds the merged model from base + the committed adapter, logs it with its co
 parity sample and (when `make lexical` made them) the lexical model and hybrid policy, and registers it: one
 version. A new version becomes `challenger`; it is promoted to `champion` only if what it serves beats the champion on
 the same validation split (the champion's transformer is re-scored when its tag names another split).
+`training.retrain` registers with that gate off and applies its own verdict here (`settle`).
 """
 
 from __future__ import annotations
@@ -54,24 +55,60 @@ def validation_accuracy(model_uri: str, sample: Path) -> float:
     return float((probs.argmax(1) == data["labels"]).mean())
 
 
-def assign_alias(
-    client: MlflowClient, name: str, version: str, accuracy: float, validation_set: str, sample: Path | None = None
-) -> str:
-    """Tag `version` with its validation accuracy; `champion` moves to it only if it beats the champion's on the
-    same validation set (re-scored from `sample` when the champion was measured on another), else `challenger`."""
-    client.set_model_version_tag(name, version, SELECTION_METRIC, f"{accuracy:.6f}")
-    client.set_model_version_tag(name, version, SELECTION_SET, validation_set)
+def champion_score(client: MlflowClient, name: str, validation_set: str, sample: Path | None) -> float:
+    """The champion's validation accuracy on `validation_set` (re-scored from `sample` when it was measured on
+    another); -inf without a champion."""
     champion = champion_version(client, name)
     if champion is None:
-        best = float("-inf")
-    elif champion.tags.get(SELECTION_SET) == validation_set or sample is None:
-        best = float(champion.tags.get(SELECTION_METRIC, "-inf"))
-    else:
-        best = validation_accuracy(f"models:/{name}/{champion.version}", sample)
-        print(f"champion v{champion.version} re-scored on this validation set: {best:.4f}")
-    alias = CHAMPION if accuracy > best else CHALLENGER
+        return float("-inf")
+    if champion.tags.get(SELECTION_SET) == validation_set or sample is None:
+        return float(champion.tags.get(SELECTION_METRIC, "-inf"))
+    best = validation_accuracy(f"models:/{name}/{champion.version}", sample)
+    print(f"champion v{champion.version} re-scored on this validation set: {best:.4f}")
+    return best
+
+
+def assign_alias(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    accuracy: float,
+    validation_set: str,
+    sample: Path | None = None,
+    gate: bool = True,
+) -> str:
+    """Tag `version` with its validation accuracy; `champion` moves to it only if it beats the champion's on the
+    same validation set, else `challenger`. `gate=False`: always `challenger` (a gate of its own decides later)."""
+    client.set_model_version_tag(name, version, SELECTION_METRIC, f"{accuracy:.6f}")
+    client.set_model_version_tag(name, version, SELECTION_SET, validation_set)
+    promote = gate and accuracy > champion_score(client, name, validation_set, sample)
+    alias = CHAMPION if promote else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
     return alias
+
+
+def settle(client: MlflowClient, name: str, version: str, promote: bool, tags: dict[str, str]) -> str:
+    """Apply an outside gate's verdict (`training.retrain`'s) on a `challenger`: its tags on the version, and
+    `champion` moved to it when promoted (`challenger` then leaves it); returns the version's alias."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if not promote:
+        return CHALLENGER
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if CHALLENGER in client.get_model_version(name, version).aliases:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    return CHAMPION
+
+
+def tagged_version(client: MlflowClient, name: str, key: str, value: str) -> str | None:
+    """The newest version of `name` tagged `key=value` (None: none is)."""
+    versions = client.search_model_versions(f"name = '{name}' and tags.{key} = '{value}'")
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def registered_with_hybrid(run_id: str) -> bool:
+    """Whether the version registered by `run_id` carries the hybrid's lexical model and policy."""
+    return bool(MlflowClient().list_artifacts(run_id, HYBRID_DIR))
 
 
 def served_validation_accuracy(model_dir: Path, summary: dict) -> float:
@@ -98,8 +135,11 @@ def log_and_register(
     return str(info.registered_model_version)
 
 
-def register(model_dir: Path, config: ExperimentConfig) -> tuple[str, str]:
-    """Register `models/<name>/` (adapter, config, metrics, parity sample); returns the version and its alias."""
+def register(
+    model_dir: Path, config: ExperimentConfig, gate: bool = True, tags: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """Register `models/<name>/` (adapter, config, metrics, parity sample) with version `tags`; returns the version
+    and its alias (`gate=False`: `challenger`, whatever it scores)."""
     summary = json.loads((model_dir / "metrics.json").read_text())
     model = load_trained(model_dir, config, summary["label_names"])
     setup_tracking(config.data.name)
@@ -124,14 +164,18 @@ def register(model_dir: Path, config: ExperimentConfig) -> tuple[str, str]:
         version = log_and_register(
             model, load_tokenizer(config.model.checkpoint), config.registered_model, "A moving, beautifully acted film."
         )
+    client = MlflowClient()
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(config.registered_model, version, key, value)
     validation_set = f"{summary['data_fingerprint']}:{summary['n_validation']}"
     alias = assign_alias(
-        MlflowClient(),
+        client,
         config.registered_model,
         version,
         served_validation_accuracy(model_dir, summary),
         validation_set,
         model_dir / PARITY_SAMPLE,
+        gate,
     )
     return version, alias
 
