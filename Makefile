@@ -10,6 +10,7 @@ NPROC ?= 1
 LAUNCH := $(if $(filter-out 1,$(NPROC)),.venv/bin/torchrun --standalone --nproc_per_node $(NPROC),$(PYTHON))
 INPUT ?= ../shared/data/imdb/test.parquet
 LOG ?= build/ab/predictions.jsonl
+URL ?= http://127.0.0.1:$(PORT)
 OUTPUT ?= build/scores
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
@@ -17,7 +18,7 @@ export TOKENIZERS_PARALLELISM ?= true
 
 .PHONY: install lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
-	loadtest benchmark soak score ab-report report mlflow-ui notebook test all
+	loadtest benchmark soak score ab-traffic ab-report report mlflow-ui notebook test all
 
 install:  ## .venv from requirements.txt (torch is the CPU build); Debian's chromium (UI test) and Java (Spark)
 	python3.11 -m venv .venv
@@ -103,6 +104,9 @@ soak: model  ## 10 minutes at 80% of the benchmark's best load under p95 100 ms 
 
 score: model  ## Spark batch scoring with the served model: INPUT=file/folder -> OUTPUT (Parquet), reports/scoring/
 	$(PYTHON) -m scoring.score input=$(INPUT) output=$(OUTPUT) $(ARGS)
+
+ab-traffic:  ## real labelled test reviews to a running service (URL=...) as many users -> build/ab/labels.parquet
+	$(PYTHON) -m loadtests.ab_traffic url=$(URL) $(ARGS)
 
 ab-report:  ## A/B comparison from the service's PREDICTION_LOG (LOG=...; LABELS=labelled texts) -> reports/ab/
 	$(PYTHON) -m reporting.ab log=$(LOG) $(if $(LABELS),labels=$(LABELS)) $(ARGS)

@@ -59,7 +59,7 @@ def reason(error: ErrorDetails, first_row: int) -> str:
 async def explain_review(text: str):
     service = bentoml.get_current_service()
     try:
-        explanation = await service.explain_text(validated(PredictRequest, text=text).text)
+        explanation = await service.gateway.explain_text(validated(PredictRequest, text=text).text)
     except ApiError as error:  # the API's own 4xx/503 reasons, shown in the page
         raise gr.Error(error.error) from error
     note = f"{explanation.method}; {explanation.elapsed_ms:.0f} ms"
@@ -79,7 +79,7 @@ async def predict_file(path: str | None) -> str:
     try:
         for start in range(0, len(texts), chunk_size := SETTINGS.max_batch_texts):  # as /predict_batch calls would
             chunk = validated(BatchRequest, first_row=start, texts=texts[start : start + chunk_size]).texts
-            predictions += await service.classify_texts(chunk)
+            predictions += await service.gateway.classify_texts(chunk)
     except ApiError as error:
         raise gr.Error(error.error) from error
     frame = frame.assign(

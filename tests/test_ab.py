@@ -19,7 +19,7 @@ import requests
 from loadtests.common import bentoml_serve, running, sample_labelled
 from reporting.ab import ABReportConfig
 from reporting.ab import run as ab_report
-from serving.variants import bucket
+from serving.variants import Split, bucket
 from tests.conftest import free_port
 from tests.test_training_pipeline import tiny_config
 from training.registry import register
@@ -42,6 +42,18 @@ def export(env: dict[str, str], cwd: Path, *models: tuple[str, str]) -> None:
     script += "for config in sys.argv[1:]: run(ExportConfig(**json.loads(config)))"
     result = subprocess.run([sys.executable, "-c", script, *configs], env=env, cwd=cwd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_split_sends_its_share_of_users_and_shadow_sends_none():
+    keys = [f"user-{i}" for i in range(20_000)]
+    split = Split("split", 0.1, has_challenger=True)
+    share = sum(split.assign(k) == "challenger" for k in keys) / len(keys)
+    assert abs(share - 0.1) < 0.01  # sha256 spreads keys evenly; a sample of 20,000 is within 0.6 points (3 sigma)
+    assert all(split.assign(k) == split.assign(k) for k in keys[:100])  # sticky
+    assert {Split("shadow", 0.1, True).assign(k) for k in keys} == {"champion"}
+    assert {Split("split", 1.0, has_challenger=False).assign(k) for k in keys} == {"champion"}
+    with pytest.raises(ValueError):
+        Split("canary", 0.1, True)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,202 @@
+"""The API process's side of every request: A/B assignment, admission control, the hybrid split between the lexical
+fast path and the batched transformer, shadow copies, telemetry, explanations, and new models from the store.
+
+`service.py` declares the BentoML services and routes and calls this. `classifier()` returns the client of its
+`OnnxClassifier` service (async `classify`, `classify_challenger`, `status`, `reload`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import bentoml
+
+from serving import errors
+from serving.explain import Explainer, Explanation
+from serving.hybrid import HybridPolicy, Mode
+from serving.schemas import Prediction
+from serving.selfcheck import VARIANT_FILES
+from serving.settings import ServiceSettings
+from serving.telemetry import RequestRecord, RequestTelemetry
+from serving.variants import CHALLENGER, CHAMPION, Split, StoredModel, Variant, VariantName, current_tag
+
+HEALTH_TIMEOUT_S = 2.0
+log = logging.getLogger("sentiment.service")
+
+
+class Gateway:
+    """Created once per API worker, with the models the service declares (champion, and a challenger if any)."""
+
+    def __init__(
+        self, classifier: Callable[[], Any], models: dict[VariantName, StoredModel], settings: ServiceSettings
+    ):
+        self.classifier, self.settings = classifier, settings
+        self.variants = {name: Variant.of(name, model, settings.hybrid_mode) for name, model in models.items()}
+        self.split = Split(settings.ab_mode, settings.challenger_share, CHALLENGER in self.variants)  # type: ignore[arg-type]
+        self.in_flight = self.explaining = 0
+        self.shadows: set[asyncio.Task] = set()  # shadow copies in flight (held here: the loop keeps weak references)
+        # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
+        self.deadline_s = settings.max_latency_ms / 1000 + settings.classify_timeout_s
+        self.telemetry = RequestTelemetry(settings, models[CHAMPION].path)
+
+    async def _transformer(self, texts: list[str], variant: VariantName) -> list[list[float]]:
+        client = self.classifier()
+        batched = client.classify if variant == CHAMPION else client.classify_challenger
+
+        async def classify() -> list[list[float]]:
+            try:
+                return await batched(texts)
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                # A pooled connection the classifier had just closed (its server drops idle keep-alive connections
+                # after 5 s, the client keeps them 15 s; BentoML exposes neither): `classify` is pure, send it again.
+                return await batched(texts)
+
+        return await asyncio.wait_for(classify(), self.deadline_s)
+
+    def _policy(self, variant: Variant, mode: Mode | None) -> HybridPolicy:
+        try:
+            return variant.hybrid.policy_for(mode)
+        except ValueError as error:
+            raise errors.ApiError(422, f"{error} ({variant.tag})") from error
+
+    async def _answer(self, texts: list[str], mode: Mode | None, name: VariantName) -> list[Prediction]:
+        variant = self.variants[name]
+        policy = self._policy(variant, mode)
+        probs, paths = await variant.hybrid.classify(texts, policy, lambda onward: self._transformer(onward, name))
+        return [Prediction.of(p, path, variant) for p, path in zip(probs, paths, strict=True)]
+
+    async def classify_texts(
+        self, texts: list[str], mode: Mode | None = None, variant: VariantName = CHAMPION
+    ) -> list[Prediction]:
+        """Admission control first: past `max_in_flight` requests the answer is a fast 503, not a long queue."""
+        if self.in_flight >= self.settings.max_in_flight:
+            raise errors.ApiError(503, f"over {self.settings.max_in_flight} requests in flight; retry shortly")
+        self.in_flight += 1
+        try:
+            return await self._answer(texts, mode, variant)
+        except errors.ApiError:
+            raise
+        except Exception as error:  # the classifier is down or restarting, or the batch deadline passed
+            raise errors.ApiError(503, f"the classifier is unavailable ({type(error).__name__})") from error
+        finally:
+            self.in_flight -= 1
+
+    async def predict(
+        self, texts: list[str], mode: Mode | None, request_id: str, key: str, endpoint: str
+    ) -> list[Prediction]:
+        """The variant the key is assigned, its answer recorded, and a shadow copy to the challenger if asked for."""
+        record = RequestRecord(request_id, endpoint, key, self.split.assign(key), time.perf_counter())
+        predictions = await self.classify_texts(texts, mode, record.variant)
+        self.telemetry.record(record, texts, predictions)
+        if self.split.shadows:
+            self._shadow(record, texts, mode)
+        return predictions
+
+    def _shadow(self, record: RequestRecord, texts: list[str], mode: Mode | None) -> None:
+        """A copy to the challenger, answered in the background and only logged; skipped when too many are pending."""
+        if len(self.shadows) >= self.settings.max_shadow_in_flight:
+            self.telemetry.shadow_skipped.inc()
+            return
+        task = asyncio.create_task(self._answer_shadow(record, texts, mode))
+        self.shadows.add(task)
+        task.add_done_callback(self.shadows.discard)
+
+    async def _answer_shadow(self, record: RequestRecord, texts: list[str], mode: Mode | None) -> None:
+        shadow = dataclasses.replace(record, variant=CHALLENGER, shadow=True, started=time.perf_counter())
+        try:
+            self.telemetry.record(shadow, texts, await self._answer(texts, mode, CHALLENGER))
+        except Exception as error:
+            log.warning("shadow copy of %s failed: %r", record.request_id, error)
+
+    def start(self) -> None:
+        """The explainer (SHAP compiles its kernels on first use: seconds, and readiness must not wait for it) and,
+        unless MODEL_POLL_S=0, the watch on the store."""
+        self.explainer = asyncio.create_task(self._load_explainer())
+        if self.settings.model_poll_s > 0:
+            self.watcher = asyncio.create_task(self._watch_store())
+
+    async def _load_explainer(self) -> Explainer:
+        while True:  # the variant served (int8 or fp32) is the classifier's choice, known once it is up
+            try:
+                served = await asyncio.wait_for(self.classifier().status(), HEALTH_TIMEOUT_S)
+                break
+            except Exception:
+                await asyncio.sleep(1.0)
+        champion = self.variants[CHAMPION]
+        file = VARIANT_FILES[served["served"]]
+        return await asyncio.to_thread(Explainer, champion.path, file, champion.hybrid, self.settings.workers)
+
+    async def _watch_store(self) -> None:
+        """Picks up a new export under a served tag (`name:latest` after `make retrain` promoted a champion): the
+        classifier loads and self-checks it beside the old model, then new requests go to it; none is dropped."""
+        wanted = {CHAMPION: self.settings.bento_model_tag, CHALLENGER: self.settings.challenger_model_tag}
+        while True:
+            await asyncio.sleep(self.settings.model_poll_s)
+            for name, variant in list(self.variants.items()):
+                try:
+                    tag = await asyncio.to_thread(current_tag, wanted[name])
+                    if tag != variant.tag:
+                        await self._reload(name, tag)
+                except Exception as error:
+                    log.warning("could not reload the %s from %s: %r", name, wanted[name], error)
+
+    async def _reload(self, name: VariantName, tag: str) -> None:
+        await self.classifier().reload(variant=name, tag=tag)
+        model = await asyncio.to_thread(bentoml.models.get, tag)
+        self.variants[name] = Variant.of(name, model, self.settings.hybrid_mode)
+        if name == CHAMPION:
+            self.telemetry.use_model(model.path)
+            self.explainer = asyncio.create_task(self._load_explainer())
+        log.warning("the %s is now %s (%s)", name, tag, self.variants[name].model_version)
+
+    async def explain_text(self, text: str, mode: Mode | None = None) -> Explanation:
+        """On its own ONNX session and concurrency limit: explanations never queue in the predict path."""
+        policy = self._policy(self.variants[CHAMPION], mode)
+        if (state := self.explainer_state()) != "ready":
+            raise errors.ApiError(503, f"the explainer is {state}; retry shortly")
+        if self.explaining >= self.settings.max_explain_in_flight:
+            raise errors.ApiError(
+                503, f"over {self.settings.max_explain_in_flight} explanations in flight; retry shortly"
+            )
+        self.explaining += 1
+        try:
+            explainer = self.explainer.result()
+            return await asyncio.to_thread(explainer.explain, text, policy, self.settings.explain_max_evals)
+        finally:
+            self.explaining -= 1
+
+    def explainer_state(self) -> str:
+        """`ready`, `warming up`, or `unavailable (...)` when loading it failed."""
+        if not self.explainer.done():
+            return "warming up"
+        if self.explainer.cancelled():
+            return "unavailable"
+        error = self.explainer.exception()
+        return "ready" if error is None else f"unavailable ({error!r})"
+
+    async def health(self) -> dict:
+        """The champion, the classifier's self-check and batches, the hybrid, the A/B split, the explainer, drift."""
+        try:
+            check = await asyncio.wait_for(self.classifier().status(), HEALTH_TIMEOUT_S)
+        except Exception as error:
+            raise errors.ApiError(503, f"the classifier is not ready ({type(error).__name__})") from error
+        champion, ab = self.variants[CHAMPION], self.split.describe()
+        if CHALLENGER in self.variants:
+            ab["challenger"] = self.variants[CHALLENGER].model_version
+        return {
+            "status": "ok",
+            "model": champion.tag,
+            "version": champion.model_version,
+            "selfcheck": check,
+            "hybrid": champion.hybrid.describe(),
+            "ab": ab,
+            "explainer": self.explainer_state(),
+            "drift": self.telemetry.drift_status(),
+            "warning": None if check["passed"] else f"int8 is not served: {check['detail']}",
+        }
