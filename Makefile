@@ -69,7 +69,8 @@ export:  ## registry model -> ONNX fp32 + int8 candidates -> parity gate -> Bent
 	$(PYTHON) -m export.export model_uri=$(MODEL_URI) $(ARGS)
 
 export-challenger:  ## the registry's challenger -> BentoML model imdb-sentiment-onnx-challenger (A/B: docs/MLOPS.md)
-	$(PYTHON) -m export.export model_uri=models:/imdb-sentiment@challenger bento_model=imdb-sentiment-onnx-challenger $(ARGS)
+	$(PYTHON) -m export.export model_uri=models:/imdb-sentiment@challenger bento_model=imdb-sentiment-onnx-challenger \
+		work_dir=build/onnx-challenger report=build/challenger/parity.json $(ARGS)
 
 retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champion (test split + held-out new data): promoted and exported, or kept as challenger -> reports/retrain/<id>/
 	$(PYTHON) -m training.retrain new_data=$(NEW_DATA) $(ARGS)
