@@ -48,7 +48,8 @@ def stack():
 
 
 def test_stack_serves_tracks_and_monitors(stack):
-    reviews = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text.sample(60, random_state=4).tolist()
+    # more texts than the drift monitor needs before it publishes PSI (its min_texts, 100)
+    reviews = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text.sample(120, random_state=4).tolist()
     for review in reviews:
         assert requests.post(f"{CLASSIFIER}/predict", json={"text": review}).status_code == 200
     requests.post(f"{CLASSIFIER}/predict_batch", json={"texts": reviews[:8]}).raise_for_status()
