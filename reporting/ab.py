@@ -30,8 +30,6 @@ from serving.telemetry import digest
 from serving.variants import CHALLENGER, CHAMPION
 from training.config import command_line
 
-Z95 = 1.959963984540054
-
 
 @dataclass
 class ABReportConfig:
@@ -84,12 +82,11 @@ def read_labels(config: ABReportConfig) -> dict[str, str]:
 
 
 def wilson(successes: int, n: int) -> tuple[float, float]:
-    """95% interval of a proportion that stays inside [0, 1] for small samples."""
+    """95% interval of a proportion that stays inside [0, 1] for small samples (SciPy's Wilson score interval)."""
     if n == 0:
         return (math.nan, math.nan)
-    p, z2 = successes / n, Z95**2
-    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return (centre - half, centre + half)
+    interval = stats.binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(interval.low), float(interval.high))
 
 
 def two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> dict:

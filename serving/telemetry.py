@@ -50,7 +50,7 @@ class RequestRecord:
             "scores": [round(p.score, 6) for p in predictions],
             "paths": [p.path for p in predictions],
             "text_sha256": [digest(text) for text in texts],
-            "model_version": predictions[0].model_version if predictions else None,
+            "model_version": predictions[0].model_version,  # a request has at least one text
         }
 
 
