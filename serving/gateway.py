@@ -1,8 +1,8 @@
 """The API process's side of every request: A/B assignment, admission control, the hybrid split between the lexical
 fast path and the batched transformer, shadow copies, telemetry, explanations, and new models from the store.
 
-`service.py` declares the BentoML services and routes and calls this. `classifier()` returns the client of its
-`OnnxClassifier` service (async `classify`, `classify_challenger`, `status`, `reload`).
+`service.py` declares the routes and calls this. `classifier()` returns the client of the `OnnxClassifier`
+service in `serving/classifier.py` (async `classify`, `classify_challenger`, `status`, `reload`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import bentoml
+from fastapi import Request, Response
 
 from serving import errors
 from serving.explain import Explainer, Explanation
@@ -88,14 +90,18 @@ class Gateway:
             self.in_flight -= 1
 
     async def predict(
-        self, texts: list[str], mode: Mode | None, request_id: str, key: str, endpoint: str
+        self, texts: list[str], mode: Mode | None, request: Request, response: Response
     ) -> list[Prediction]:
-        """The variant the key is assigned, its answer recorded, and a shadow copy to the challenger if asked for."""
-        record = RequestRecord(request_id, endpoint, key, self.split.assign(key), time.perf_counter())
+        """The variant the request's key is assigned (`x-user-id`, else the request id), its answer recorded and
+        named in the headers, and a shadow copy to the challenger if asked for."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        key = request.headers.get("x-user-id") or request_id
+        record = RequestRecord(request_id, request.url.path, key, self.split.assign(key), time.perf_counter())
         predictions = await self.classify_texts(texts, mode, record.variant)
         self.telemetry.record(record, texts, predictions)
         if self.split.shadows:
             self._shadow(record, texts, mode)
+        response.headers["x-request-id"], response.headers["x-model-variant"] = request_id, record.variant
         return predictions
 
     def _shadow(self, record: RequestRecord, texts: list[str], mode: Mode | None) -> None:

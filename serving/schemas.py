@@ -75,3 +75,8 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction] = Field(description="One prediction per input text, in input order")
     model_version: str
     variant: VariantName
+
+    @classmethod
+    def of(cls, predictions: list[Prediction]) -> BatchPrediction:
+        """One request goes to one variant, so the first prediction names the batch's model."""
+        return cls(predictions=predictions, model_version=predictions[0].model_version, variant=predictions[0].variant)

@@ -1,0 +1,80 @@
+"""The transformer's BentoML service: the ONNX export(s) in one worker, behind BentoML's adaptive batching.
+
+`classify` answers for the champion and `classify_challenger` for an A/B challenger (each batched on its own queue);
+each model is loaded with its int8 self-check on this CPU (`selfcheck.CheckedModel`). The API service calls it
+through `serving/gateway.py`.
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+from serving.schemas import SETTINGS
+from serving.selfcheck import CheckedModel
+from serving.telemetry import SelfCheckGauges
+from serving.variants import CHALLENGER, CHAMPION, StoredModel, VariantName
+
+# The models served, declared once: the API service reads the lexical half and the drift profile from the same ones.
+MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
+CHALLENGER_MODEL = bentoml.models.BentoModel(SETTINGS.challenger_model_tag) if SETTINGS.challenger_model_tag else None
+BATCHED = {
+    "batchable": SETTINGS.adaptive_batching,
+    "max_batch_size": SETTINGS.max_batch_size,
+    "max_latency_ms": SETTINGS.max_latency_ms,
+}
+
+
+# runner_connection: BentoML (since 1.4.31) replaces the caller's HTTP session to this service every 100 requests
+# and closes the old one under requests still in flight on it, which then fail with 500s under load
+# (bentoml/BentoML#5540, "Server disconnected"). A local socket never needs that refresh.
+@bentoml.service(
+    name="onnx-classifier",
+    workers=1,
+    traffic={"timeout": 60},
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 365 * 24 * 3600.0},
+)
+class OnnxClassifier:
+    model = MODEL
+    challenger = CHALLENGER_MODEL
+
+    def __init__(self) -> None:
+        self.gauges = SelfCheckGauges()
+        self.loaded: dict[str, CheckedModel] = {}
+        for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)):
+            if model is not None:
+                self.load(name, model)
+        self.calls = self.texts = 0
+
+    def load(self, variant: VariantName, model: StoredModel) -> None:
+        """Load and self-check beside the model in use, then swap: batches in flight finish on the old one."""
+        self.loaded[variant] = CheckedModel.load(model, SETTINGS.workers)
+        if variant == CHAMPION:
+            self.gauges.publish(self.loaded[variant].check)
+
+    def _classify(self, variant: VariantName, texts: list[str]) -> list[list[float]]:
+        self.calls, self.texts = self.calls + 1, self.texts + len(texts)
+        return self.loaded[variant].runtime.predict_proba(texts).tolist()
+
+    @bentoml.api(**BATCHED)
+    def classify(self, texts: list[str]) -> list[list[float]]:
+        """The champion's class probabilities per text (label order as in the model's `label_names`)."""
+        return self._classify(CHAMPION, texts)
+
+    @bentoml.api(**BATCHED)
+    def classify_challenger(self, texts: list[str]) -> list[list[float]]:
+        """The A/B challenger's, batched on its own."""
+        return self._classify(CHALLENGER, texts)
+
+    @bentoml.api
+    def reload(self, variant: str, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
+        """Serve the store's model `tag` as `variant` from now on."""
+        self.load(variant, bentoml.models.get(tag))  # type: ignore[arg-type]
+        return self.loaded[variant].describe()
+
+    @bentoml.api
+    async def status(self) -> dict:  # async: answered on the event loop, never queued behind `classify`
+        """The champion's file served and int8 self-check on this CPU (the challenger's beside), and the batches run."""
+        status = self.loaded[CHAMPION].describe() | {"classify_calls": self.calls, "classified_texts": self.texts}
+        if CHALLENGER in self.loaded:
+            status[CHALLENGER] = self.loaded[CHALLENGER].describe()
+        return status
