@@ -126,9 +126,29 @@ def loadtest_section(loadtest: pd.DataFrame | None) -> str:
 def container_section(container: dict | None) -> str:
     if not container:
         return _missing("make test-container")
-    return (
+    summary = (
         f"Image `{container['image']}`: **{container['size_mb']:.0f} MB**; container start to `/health` 200 in "
         f"**{container['start_to_ready_s']:.1f} s** ({container['engine']})."
+    )
+    contents = container.get("contents")
+    if not contents:
+        return summary
+    rows = [
+        f"| `{name}` alone | {size['alone']:.0f} | {', '.join(size['packages']) or '-'} |"
+        for name, size in contents["requirements_mb"].items()
+        if size["alone"] >= 1
+    ]
+    rows += [
+        f"| shared by two or more | {contents['shared_mb']['alone']:.0f} | "
+        f"{', '.join(contents['shared_mb']['packages'][:8])}, ... |",
+        f"| the ONNX model files (fp32 + int8, lexical, tokenizer, golden set) | {contents['models_mb']:.0f} | |",
+        f"| base image (Debian, Python) and the rest | {contents['base_and_rest_mb']:.0f} | |",
+    ]
+    largest = ", ".join(f"{name} {mb:.0f}" for name, mb in contents["largest_packages_mb"].items())
+    return (
+        f"{summary}\n\nWhat each serving requirement adds (MB of installed files that no other requirement needs, "
+        "measured inside the image by `reporting/image_sizes.py`):\n\n"
+        "| part | MB | packages |\n|---|---|---|\n" + "\n".join(rows) + f"\n\nLargest packages (MB): {largest}."
     )
 
 

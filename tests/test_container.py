@@ -60,6 +60,18 @@ def test_image_carries_only_the_serving_code(container):
     }
 
 
+def contents(container_id: str, size_mb: float) -> dict:
+    """What each top-level serving requirement adds (measured by the image's Python), the model files, the rest."""
+    requirements = [
+        line.split("==")[0] for line in (ROOT / "requirements-serve.txt").read_text().splitlines() if "==" in line
+    ]
+    script = (ROOT / "reporting" / "image_sizes.py").read_text()
+    packages = json.loads(engine("exec", container_id, "python", "-c", script, *requirements))
+    models_mb = int(engine("exec", container_id, "du", "-sk", "/home/bentoml/bento/models").split()[0]) / 1e3
+    base_mb = size_mb - packages["environment_mb"] - models_mb
+    return packages | {"models_mb": round(models_mb, 1), "base_and_rest_mb": round(base_mb, 1)}
+
+
 def test_container_serves_and_reports(container):
     url = container["url"]
     health = requests.get(f"{url}/health").json()
@@ -101,6 +113,7 @@ def test_container_serves_and_reports(container):
         "engine": engine_name,
         "model_version": health["version"],
         "served": health["selfcheck"]["served"],
+        "contents": contents(container["id"], size_mb),
     }
     (out / "container.json").write_text(json.dumps(report, indent=2) + "\n")
     assert size_mb < 600, report

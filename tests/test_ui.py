@@ -52,10 +52,12 @@ def test_a_review_gets_its_label_and_highlighted_words(page, offsite):
     assert offsite == []
 
 
-def test_a_file_of_reviews_comes_back_with_predictions(page, offsite, tmp_path):
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_file_of_reviews_comes_back_with_predictions(page, offsite, tmp_path, suffix):
     reviews = pd.DataFrame({"text": ["A wonderful, moving film.", "Dreadful. I walked out."], "id": [7, 8]})
-    upload = tmp_path / "reviews.csv"
-    reviews.to_csv(upload, index=False)
+    upload = tmp_path / f"reviews.{suffix}"
+    getattr(reviews, f"to_{suffix}")(upload, index=False)  # Parquet written by pyarrow, read by fastparquet
+    page.reload(wait_until="networkidle")  # an empty file box: no earlier upload
     page.get_by_role("tab", name="Batch file").click()
     page.locator("input[type=file]").first.set_input_files(upload)
     page.locator("#predict-file").click()
@@ -65,7 +67,7 @@ def test_a_file_of_reviews_comes_back_with_predictions(page, offsite, tmp_path):
         link.click()
     predictions = pd.read_csv(download.value.path())
     assert predictions.id.tolist() == [7, 8] and predictions.label.tolist() == ["pos", "neg"]
-    page.screenshot(path=SCREENSHOTS / "batch.png", full_page=True)
+    page.screenshot(path=SCREENSHOTS / f"batch-{suffix}.png", full_page=True)
     assert offsite == []
 
 
