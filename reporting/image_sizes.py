@@ -4,14 +4,17 @@
     python image_sizes.py REQUIREMENT [REQUIREMENT ...]    (names from requirements-serve.txt)
 
 Prints JSON: the megabytes of installed files of every requirement's dependency closure that no other requirement
-needs (what leaving it out would save), of what two or more share, and of the whole environment.
+needs (what leaving it out would save), of what two or more share, of the whole environment, and of its compiled
+bytecode.
 """
 
 from __future__ import annotations
 
 import json
+import site
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -22,8 +25,13 @@ def installed() -> dict[str, metadata.Distribution]:
 
 
 def size_mb(dist: metadata.Distribution) -> float:
-    paths = (dist.locate_file(f) for f in dist.files or [])
+    """Installed files without bytecode (counted on its own: whether it is there depends on the installer)."""
+    paths = (dist.locate_file(f) for f in dist.files or [] if f.suffix != ".pyc")
     return sum(p.stat().st_size for p in paths if p.is_file()) / 1e6  # type: ignore[attr-defined]
+
+
+def bytecode_mb() -> float:
+    return sum(p.stat().st_size for root in site.getsitepackages() for p in Path(root).rglob("*.pyc")) / 1e6
 
 
 def dependencies(dist: metadata.Distribution, dists: dict[str, metadata.Distribution]) -> set[str]:
@@ -69,6 +77,7 @@ def breakdown(roots: list[str]) -> dict:
             "packages": sorted(shared, key=sizes.__getitem__, reverse=True),
         },
         "environment_mb": round(sum(sizes.values()), 1),
+        "bytecode_mb": round(bytecode_mb(), 1),
         "largest_packages_mb": {name: round(sizes[name], 1) for name in largest},
     }
 
