@@ -100,7 +100,7 @@ loadtest: model  ## Locust, headless, several user counts -> reports/loadtest/
 benchmark: model  ## ONNX ceiling vs service (batching on/off) vs FastAPI+transformers -> reports/benchmark/
 	$(PYTHON) -m loadtests.benchmark
 
-soak: model  ## 10 minutes at 80% of the benchmark's best load under p95 100 ms -> reports/soak/ (not in CI)
+soak: model  ## 10 minutes at 80% of the highest open-loop load that holds p95 < 100 ms (searched first) -> reports/soak/ (not in CI)
 	$(PYTHON) -m loadtests.soak
 
 score: model  ## Spark batch scoring with the served model: INPUT=file/folder -> OUTPUT (Parquet), reports/scoring/

@@ -176,7 +176,10 @@ def soak_section(soak: dict | None) -> str:
     p95 = [m["p95_ms"] for m in soak["minutes"] if m["p95_ms"] is not None]
     growth = ", ".join(f"{role} {g:+.1%}" for role, g in soak["rss_growth"].items())
     return (
-        f"{len(soak['minutes'])} minutes at {soak['rate_per_s']:.1f} requests/s: **{soak['errors']} errors**, p95 per "
+        f"{len(soak['minutes'])} minutes at {soak['rate_per_s']:.1f} requests/s "
+        f"({soak['rate_per_s'] / soak['open_loop_max_rps_p95_under_100ms']:.0%} of the "
+        f"{soak['open_loop_max_rps_p95_under_100ms']:.1f}/s that held p95 < 100 ms in its own open-loop search): "
+        f"**{soak['errors']} errors**, p95 per "
         f"minute {min(p95):.0f}-{max(p95):.0f} ms, resident memory growth {growth}. [SOAK](soak/SOAK.md)."
     )
 
