@@ -132,7 +132,7 @@ def container_section(container: dict | None) -> str:
         return _missing("make test-container")
     summary = (
         f"Image `{container['image']}`: **{container['size_mb']:.0f} MB**; container start to `/health` 200 in "
-        f"**{container['start_to_ready_s']:.1f} s** ({container['engine']})."
+        f"**{container['start_to_ready_s']:.1f} s** ({container['engine']}, `{container['cpu']}`)."
     )
     contents = container.get("contents")
     if not contents:
@@ -180,7 +180,8 @@ def soak_section(soak: dict | None) -> str:
         f"({soak['rate_per_s'] / soak['open_loop_max_rps_p95_under_100ms']:.0%} of the "
         f"{soak['open_loop_max_rps_p95_under_100ms']:.1f}/s that held p95 < 100 ms in its own open-loop search): "
         f"**{soak['errors']} errors**, p95 per "
-        f"minute {min(p95):.0f}-{max(p95):.0f} ms, resident memory growth {growth}. [SOAK](soak/SOAK.md)."
+        f"minute {min(p95):.0f}-{max(p95):.0f} ms, resident memory growth {growth} (`{soak['cpu']}`). "
+        "[SOAK](soak/SOAK.md)."
     )
 
 

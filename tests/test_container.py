@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from loadtests.common import wait_for_explainer
+from serving.runtime import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = [str(ROOT / ".ci" / "engine.sh")]
@@ -113,6 +114,7 @@ def test_container_serves_and_reports(container):
         "size_mb": round(size_mb, 1),
         "start_to_ready_s": round(container["start_to_ready_s"], 2),
         "engine": engine_name,
+        "cpu": cpu_flags(),  # start time depends on it
         "model_version": health["version"],
         "served": health["selfcheck"]["served"],
         "contents": contents(container["id"], size_mb),
