@@ -95,6 +95,8 @@ def main() -> None:
         wait_for_explainer(url)  # it loads in the background after start: not part of the soak's memory or CPU
         asyncio.run(open_loop(url, texts[:50], 2, 5))  # warm-up
         capacity, search = highest_rate(url, texts[-500:], best, args.search_steps, args.step_seconds)
+        if capacity == 0:
+            raise SystemExit(f"no rate held p95 < {TARGET_P95_MS:.0f} ms without errors: {search}")
         rate = args.share * capacity
         memory_before = rss_mb(server.pid)
         rows = asyncio.run(open_loop(url, texts, rate, 60 * args.minutes))

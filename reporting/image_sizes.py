@@ -1,7 +1,7 @@
 """What each top-level serving requirement adds to the image: run by the image's own Python (standard library and
 `packaging` only), so it measures the files installed there.
 
-    python image_sizes.py REQUIREMENT [REQUIREMENT ...]    (names from requirements-serve.txt)
+    python image_sizes.py REQUIREMENTS_FILE    (the image's copy of requirements-serve.txt)
 
 Prints JSON: the megabytes of installed files of every requirement's dependency closure that no other requirement
 needs (what leaving it out would save), of what two or more share, of the whole environment, and of its compiled
@@ -56,6 +56,11 @@ def closure(root: str, dists: dict[str, metadata.Distribution]) -> set[str]:
     return seen
 
 
+def top_level(requirements_file: str) -> list[str]:
+    lines = (line.partition("#")[0].strip() for line in Path(requirements_file).read_text().splitlines())
+    return [Requirement(line).name for line in lines if line]
+
+
 def breakdown(roots: list[str]) -> dict:
     dists = installed()
     sizes = {name: size_mb(dist) for name, dist in dists.items()}
@@ -83,4 +88,4 @@ def breakdown(roots: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(breakdown(sys.argv[1:])))
+    print(json.dumps(breakdown(top_level(sys.argv[1]))))
