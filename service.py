@@ -16,6 +16,7 @@ from serving.classifier import CHALLENGER_MODEL, MODEL, OnnxClassifier
 from serving.explain import Explanation
 from serving.gateway import Gateway
 from serving.schemas import SETTINGS, BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
+from serving.supervision import check_workers_every
 from serving.variants import CHALLENGER, CHAMPION
 
 # A slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's system packages
@@ -30,6 +31,7 @@ IMAGE = (
     .run("cd /home/bentoml && mkdir -p bentos models envs tmp && chown -R bentoml:bentoml bentos models envs tmp")
 )
 
+check_workers_every(SETTINGS.worker_check_s)  # a killed worker is back in seconds (BentoML's default: 10 s)
 app = FastAPI(title="imdb-sentiment", description=__doc__)
 errors.install(app, max_body_bytes=SETTINGS.max_batch_texts * SETTINGS.max_text_chars * 4 + 4096)
 JSON_ONLY = {"dependencies": [Depends(errors.require_json)], "responses": errors.ERROR_RESPONSES}

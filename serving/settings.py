@@ -26,6 +26,7 @@ class ServiceSettings:
     classify_timeout_s: int = 3  # beyond the batching deadline, how long a call to the classifier may take
     max_in_flight: int = 48  # requests past this get a fast 503 + Retry-After instead of a long queue
     adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
+    worker_check_s: float = 1.0  # how often BentoML's supervisor respawns a dead worker (its own default: 10 s)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ONNX Runtime threads
     log_text: bool = False  # raw review text in the request log
     explain_max_evals: int = 64  # SHAP's budget per /explain (each response reports its elapsed_ms)
