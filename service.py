@@ -8,11 +8,14 @@ that states every limit, `/explain` (SHAP) and the web UI at `/ui` (Gradio). A r
 
 from __future__ import annotations
 
+import asyncio
+
 import bentoml
 from fastapi import Depends, FastAPI, Request, Response
 
 from serving import errors
 from serving.classifier import CHALLENGER_MODEL, MODEL, OnnxClassifier
+from serving.deferred import DeferredApp
 from serving.explain import Explanation
 from serving.gateway import Gateway
 from serving.schemas import SETTINGS, BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
@@ -34,7 +37,15 @@ IMAGE = (
 check_workers_every(SETTINGS.worker_check_s)  # a killed worker is back in seconds (BentoML's default: 10 s)
 app = FastAPI(title="imdb-sentiment", description=__doc__)
 errors.install(app, max_body_bytes=SETTINGS.max_batch_texts * SETTINGS.max_text_chars * 4 + 4096)
+UI = DeferredApp("the web UI")  # Gradio, built after start: its import alone takes seconds
+app.mount("/ui", UI)
 JSON_ONLY = {"dependencies": [Depends(errors.require_json)], "responses": errors.ERROR_RESPONSES}
+
+
+def build_ui() -> FastAPI:
+    from serving.ui import ui_app  # imports Gradio: in the API worker only, after start
+
+    return ui_app()
 
 
 @bentoml.asgi_app(app, path="/")
@@ -46,13 +57,15 @@ class SentimentAPI:
     def __init__(self) -> None:
         models = {CHAMPION: self.model} | ({CHALLENGER: self.challenger} if self.challenger else {})
         self.gateway = Gateway(lambda: self.classifier.to_async, models, SETTINGS)
-        from serving.ui import mount_ui  # here: the classifier's worker never imports Gradio
-
-        mount_ui(app, path="/ui")  # before the app's lifespan, where Gradio starts its queue
 
     @bentoml.on_startup
     async def _start_background(self) -> None:
         self.gateway.start()  # the explainer warms up; the store is watched for new exports
+        self.ui_build = asyncio.create_task(UI.build(build_ui))  # held: the loop keeps weak references
+
+    @bentoml.on_shutdown
+    async def _stop_background(self) -> None:
+        await UI.close()
 
     @app.post("/predict", **JSON_ONLY)
     async def predict(
@@ -78,4 +91,4 @@ class SentimentAPI:
     @app.get("/health", responses={503: errors.ERROR_RESPONSES[503]})
     async def health(self) -> dict:
         """200 once the classifier has its model loaded (with the variant it serves), 503 before or when down."""
-        return await self.gateway.health()
+        return await self.gateway.health() | {"ui": UI.state()}

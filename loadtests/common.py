@@ -28,9 +28,18 @@ def sample_reviews(n: int = 2000, seed: int = 0) -> list[str]:
     return sample_labelled(n, seed)[0]
 
 
+def ready(health: requests.Response) -> bool:
+    """200, and for this service also its int8 self-check finished: fp32 serves until then, and numbers measured
+    across the swap would mix the two files."""
+    if health.status_code != 200:
+        return False
+    check = health.json().get("selfcheck") if "json" in health.headers.get("content-type", "") else None
+    return check is None or check["finished"]
+
+
 @contextmanager
 def running(command: list[str], health_url: str, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator:
-    """Start a server, wait until `health_url` answers 200, stop it afterwards."""
+    """Start a server, wait until `health_url` says it is `ready`, stop it afterwards."""
     process = subprocess.Popen(
         command, cwd=ROOT, env=os.environ | (env or {}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -40,7 +49,7 @@ def running(command: list[str], health_url: str, env: dict[str, str] | None = No
             if process.poll() is not None:
                 raise RuntimeError(f"{command} exited with {process.returncode}")
             try:
-                if requests.get(health_url, timeout=2).status_code == 200:
+                if ready(requests.get(health_url, timeout=2)):
                     break
             except requests.RequestException:
                 pass
@@ -53,12 +62,16 @@ def running(command: list[str], health_url: str, env: dict[str, str] | None = No
         process.wait(30)
 
 
-def wait_for_explainer(url: str, timeout: float = 180) -> None:
-    """Until the service's explainer has warmed up (it loads in the background after start)."""
+def wait_until_warm(url: str, timeout: float = 180) -> None:
+    """Until the service's explainer and web UI are ready (both are built in the background after start)."""
     deadline = time.time() + timeout
-    while (state := requests.get(f"{url}/health").json()["explainer"]) != "ready":
-        if time.time() > deadline or state.startswith("unavailable"):
-            raise TimeoutError(f"{url}: explainer {state} (waited up to {timeout:.0f} s)")
+    while True:
+        health = requests.get(f"{url}/health").json()
+        states = {part: health[part] for part in ("explainer", "ui")}
+        if all(state == "ready" for state in states.values()):
+            return
+        if time.time() > deadline or any(state.startswith("unavailable") for state in states.values()):
+            raise TimeoutError(f"{url}: {states} (waited up to {timeout:.0f} s)")
         time.sleep(1)
 
 

@@ -132,8 +132,14 @@ def container_section(container: dict | None) -> str:
         return _missing("make test-container")
     summary = (
         f"Image `{container['image']}`: **{container['size_mb']:.0f} MB**; container start to `/health` 200 in "
-        f"**{container['start_to_ready_s']:.1f} s** ({container['engine']}, `{container['cpu']}`)."
+        f"**{container['start_to_ready_s']:.1f} s** ({container['engine']}, `{container['cpu']}`)"
     )
+    if "start_to_int8_checked_s" in container:
+        summary += (
+            f", serving fp32 until the int8 self-check on this CPU let int8 take over at "
+            f"{container['start_to_int8_checked_s']:.1f} s"
+        )
+    summary += "."
     contents = container.get("contents")
     if not contents:
         return summary

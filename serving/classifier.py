@@ -1,11 +1,14 @@
 """The transformer's BentoML service: the ONNX export(s) in one worker, behind BentoML's adaptive batching.
 
 `classify` answers for the champion and `classify_challenger` for an A/B challenger (each batched on its own queue);
-each model is loaded with its int8 self-check on this CPU (`selfcheck.CheckedModel`). The API service calls it
-through `serving/gateway.py`.
+each model serves its fp32 file at once and its int8 file once the int8 self-check on this CPU has passed, checked
+in the background so that start does not wait for it (`selfcheck.CheckedModel`). The API service calls it through
+`serving/gateway.py`.
 """
 
 from __future__ import annotations
+
+import threading
 
 import bentoml
 
@@ -40,16 +43,27 @@ class OnnxClassifier:
     def __init__(self) -> None:
         self.gauges = SelfCheckGauges()
         self.loaded: dict[str, CheckedModel] = {}
-        for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)):
-            if model is not None:
-                self.load(name, model)
+        self.swapping = threading.Lock()
+        served = [(name, model) for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)) if model]
+        for name, model in served:
+            self.use(name, CheckedModel.reference(model, SETTINGS.workers))
+        threading.Thread(target=self.check_int8, args=(served,), name="int8-selfcheck", daemon=True).start()
         self.calls = self.texts = 0
 
-    def load(self, variant: VariantName, model: StoredModel) -> None:
-        """Load and self-check beside the model in use, then swap: batches in flight finish on the old one."""
-        self.loaded[variant] = CheckedModel.load(model, SETTINGS.workers)
-        if variant == CHAMPION:
-            self.gauges.publish(self.loaded[variant].check)
+    def check_int8(self, served: list[tuple[VariantName, StoredModel]]) -> None:
+        for name, model in served:
+            if not self.loaded[name].check.finished:
+                self.use(name, CheckedModel.load(model, SETTINGS.workers), unless_replaced=True)
+
+    def use(self, variant: VariantName, model: CheckedModel, unless_replaced: bool = False) -> None:
+        """Swap in a loaded model: batches in flight finish on the old one. `unless_replaced`: only if the model in
+        use is still the same export (a reload during the int8 check wins)."""
+        with self.swapping:
+            if unless_replaced and self.loaded[variant].tag != model.tag:
+                return
+            self.loaded[variant] = model
+            if variant == CHAMPION:
+                self.gauges.publish(model.check)
 
     def _classify(self, variant: VariantName, texts: list[str]) -> list[list[float]]:
         self.calls, self.texts = self.calls + 1, self.texts + len(texts)
@@ -68,7 +82,7 @@ class OnnxClassifier:
     @bentoml.api
     def reload(self, variant: str, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
         """Serve the store's model `tag` as `variant` from now on."""
-        self.load(variant, bentoml.models.get(tag))  # type: ignore[arg-type]
+        self.use(variant, CheckedModel.load(bentoml.models.get(tag), SETTINGS.workers))  # type: ignore[arg-type]
         return self.loaded[variant].describe()
 
     @bentoml.api

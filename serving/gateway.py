@@ -128,12 +128,14 @@ class Gateway:
             self.watcher = asyncio.create_task(self._watch_store())
 
     async def _load_explainer(self) -> Explainer:
-        while True:  # the variant served (int8 or fp32) is the classifier's choice, known once it is up
+        while True:  # the variant served (int8 or fp32) is the classifier's choice, final once its self-check is
             try:
                 served = await asyncio.wait_for(self.classifier().status(), HEALTH_TIMEOUT_S)
-                break
+                if served["finished"]:
+                    break
             except Exception:
-                await asyncio.sleep(1.0)
+                pass
+            await asyncio.sleep(0.5)
         champion = self.variants[CHAMPION]
         file = VARIANT_FILES[served["served"]]
         return await asyncio.to_thread(Explainer, champion.path, file, champion.hybrid, self.settings.workers)

@@ -1,8 +1,9 @@
 """Parity checked on the CPU that serves: int8 kernels (and so int8 numerics) differ between CPU families.
 
 The export ships the fp32 file, the int8 file that passed its gate, and a golden set (token ids of validation
-reviews with the fp32 probabilities). At start the service scores the golden set with int8 on its own CPU; below
-the limits it logs an error and serves fp32 instead.
+reviews with the fp32 probabilities). The service starts on fp32, the reference (ready in a fraction of a second),
+and meanwhile scores the golden set with int8 on its own CPU: within the limits int8 takes over; below them it logs
+an error and fp32 stays.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class SelfCheck:
     n: int
     passed: bool
     detail: str
+    finished: bool = True  # False while fp32 serves and the int8 check runs
     cpu: str = field(default_factory=cpu_flags)  # the flags that decide ORT's int8 kernels on this machine
 
 
@@ -81,6 +83,15 @@ class CheckedModel:
     def load(cls, model: StoredModel, workers: int | None = None) -> CheckedModel:
         limits = SelfCheckLimits(**model.info.metadata["selfcheck"])
         return cls(str(model.info.tag), *load_classifier(model.path, limits, workers))
+
+    @classmethod
+    def reference(cls, model: StoredModel, workers: int | None = None) -> CheckedModel:
+        """The fp32 file, to serve while int8 is checked (`load`): no golden set scored, so ready at once."""
+        if not (Path(model.path) / INT8_FILE).exists():
+            return cls.load(model, workers)  # fp32 is final: nothing to check
+        running = "the int8 self-check is running: fp32 serves until then"
+        check = SelfCheck("fp32", None, None, 0, False, running, finished=False)
+        return cls(str(model.info.tag), OnnxTextClassifier(model.path, FP32_FILE, workers), check)
 
     def describe(self) -> dict:
         return asdict(self.check) | {"model": self.tag}

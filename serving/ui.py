@@ -94,8 +94,9 @@ async def predict_file(path: str | None) -> str:
     return str(out)
 
 
-def mount_ui(app: FastAPI, path: str) -> None:
-    gr.mount_gradio_app(app, build_ui(), path=path)
+def ui_app() -> FastAPI:
+    """The web UI as an app of its own, for the service to mount where it likes (`serving/deferred.py`)."""
+    return gr.mount_gradio_app(FastAPI(), build_ui(), path="/")
 
 
 def build_ui() -> gr.Blocks:

@@ -61,11 +61,11 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def explainer_ready(server) -> str:
-    """The server once its explainer has warmed up (in the background after start: SHAP compiles its kernels)."""
-    from loadtests.common import wait_for_explainer
+def warm_server(server) -> str:
+    """The server once its explainer (SHAP compiles its kernels) and web UI (Gradio), built after start, are ready."""
+    from loadtests.common import wait_until_warm
 
-    wait_for_explainer(server)
+    wait_until_warm(server)
     return server
 
 

@@ -20,8 +20,8 @@ def offsite() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def page(explainer_ready, offsite):
-    server = explainer_ready
+def page(warm_server, offsite):
+    server = warm_server
     chromium = shutil.which("chromium")
     assert chromium, "chromium not found: `make install` installs Debian's chromium (apt-get install chromium)"
     with sync_playwright() as playwright:
