@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnxruntime as ort
 
 from serving.runtime import OnnxTextClassifier, softmax
 from serving.text import clean_text
@@ -37,6 +36,8 @@ class LexicalModel:
     """The lexical model as the service runs it: its ONNX export (skl2onnx), texts in, class probabilities out."""
 
     def __init__(self, path: str | Path):
+        import onnxruntime as ort  # here: BentoML's arbiter imports this module and never runs a model
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # a few microseconds of work: threads would cost more than they save
         graph = gzip.decompress(Path(path).read_bytes())
