@@ -8,6 +8,7 @@ in the background so that start does not wait for it (`selfcheck.CheckedModel`).
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import bentoml
@@ -20,6 +21,7 @@ from serving.variants import CHALLENGER, CHAMPION, StoredModel, VariantName
 # The models served, declared once: the API service reads the lexical half and the drift profile from the same ones.
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
 CHALLENGER_MODEL = bentoml.models.BentoModel(SETTINGS.challenger_model_tag) if SETTINGS.challenger_model_tag else None
+log = logging.getLogger(__name__)
 BATCHED = {
     "batchable": SETTINGS.adaptive_batching,
     "max_batch_size": SETTINGS.max_batch_size,
@@ -44,16 +46,23 @@ class OnnxClassifier:
         self.gauges = SelfCheckGauges()
         self.loaded: dict[str, CheckedModel] = {}
         self.swapping = threading.Lock()
+        self.calls = self.texts = 0
         served = [(name, model) for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)) if model]
         for name, model in served:
             self.use(name, CheckedModel.reference(model, SETTINGS.workers))
         threading.Thread(target=self.check_int8, args=(served,), name="int8-selfcheck", daemon=True).start()
-        self.calls = self.texts = 0
 
     def check_int8(self, served: list[tuple[VariantName, StoredModel]]) -> None:
+        """int8 takes over from fp32 where its self-check passes on this CPU; fp32 stays, with the reason, if not."""
         for name, model in served:
-            if not self.loaded[name].check.finished:
-                self.use(name, CheckedModel.load(model, SETTINGS.workers), unless_replaced=True)
+            if self.loaded[name].check.finished:
+                continue
+            try:
+                checked = CheckedModel.load(model, SETTINGS.workers)
+            except Exception as error:
+                log.exception("the int8 self-check of %s could not run; fp32 stays", model.info.tag)
+                checked = self.loaded[name].failed(f"the int8 self-check could not run: {error!r}")
+            self.use(name, checked, unless_replaced=True)
 
     def use(self, variant: VariantName, model: CheckedModel, unless_replaced: bool = False) -> None:
         """Swap in a loaded model: batches in flight finish on the old one. `unless_replaced`: only if the model in

@@ -9,7 +9,7 @@ an error and fp32 stays.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,10 @@ class CheckedModel:
         running = "the int8 self-check is running: fp32 serves until then"
         check = SelfCheck("fp32", None, None, 0, False, running, finished=False)
         return cls(str(model.info.tag), OnnxTextClassifier(model.path, FP32_FILE, workers), check)
+
+    def failed(self, reason: str) -> CheckedModel:
+        """This reference model as final: its int8 check could not run."""
+        return replace(self, check=replace(self.check, finished=True, detail=reason))
 
     def describe(self) -> dict:
         return asdict(self.check) | {"model": self.tag}

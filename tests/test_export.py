@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -17,7 +19,15 @@ from export.export import ExportConfig, ParityError, choose, evaluate_variants, 
 from export.quantize import DEFAULT
 from serving.drift import PROFILE_FILE
 from serving.runtime import OnnxTextClassifier
-from serving.selfcheck import FP32_FILE, GOLDEN_FILE, INT8_FILE, SelfCheckLimits, load_classifier, save_golden
+from serving.selfcheck import (
+    FP32_FILE,
+    GOLDEN_FILE,
+    INT8_FILE,
+    CheckedModel,
+    SelfCheckLimits,
+    load_classifier,
+    save_golden,
+)
 from tests.test_training_pipeline import tiny_config
 from training.modeling import load_tokenizer, merged_from_adapter, predict_ids, predict_proba
 from training.registry import register
@@ -153,7 +163,7 @@ def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
     assert again.returncode == 0 and "skipping export" in again.stdout
 
 
-def test_selfcheck_serves_fp32_when_int8_strays_on_this_cpu(tiny_registered, tmp_path):
+def test_selfcheck_serves_fp32_first_then_int8_unless_it_strays_on_this_cpu(tiny_registered, tmp_path):
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
     export = ExportConfig(int8_candidates=["int8-dynamic"], calibration_samples=8, timing_samples=4)
@@ -163,8 +173,15 @@ def test_selfcheck_serves_fp32_when_int8_strays_on_this_cpu(tiny_registered, tmp
     fp32 = OnnxTextClassifier(onnx_dir, FP32_FILE).predict_ids(golden)
     save_golden(onnx_dir / GOLDEN_FILE, golden, fp32)
     # A tiny model's probabilities sit near 0.5, where int8 may flip every label: only the distance is checked
-    runtime, check = load_classifier(onnx_dir, SelfCheckLimits(min_agreement=0.0, max_mean_abs_diff=0.5))
+    limits = SelfCheckLimits(min_agreement=0.0, max_mean_abs_diff=0.5)
+    runtime, check = load_classifier(onnx_dir, limits)
     assert check.passed and check.served == "int8" and runtime.model_file == INT8_FILE
+    info = SimpleNamespace(tag="tiny-onnx:1", metadata={"selfcheck": asdict(limits)})
+    stored = SimpleNamespace(path=str(onnx_dir), info=info)
+    at_start = CheckedModel.reference(stored)  # what the classifier answers with while the check runs
+    assert at_start.runtime.model_file == FP32_FILE
+    assert (at_start.check.served, at_start.check.finished) == ("fp32", False)
+    assert CheckedModel.load(stored).runtime.model_file == INT8_FILE  # what takes over once it has passed
     opposite = np.eye(2)[1 - fp32.argmax(1)]  # a reference this CPU's int8 cannot match
     save_golden(onnx_dir / GOLDEN_FILE, golden, opposite)
     runtime, check = load_classifier(onnx_dir, SelfCheckLimits())
