@@ -29,12 +29,17 @@ def sample_reviews(n: int = 2000, seed: int = 0) -> list[str]:
 
 
 def ready(health: requests.Response) -> bool:
-    """200, and for this service also its int8 self-check finished: fp32 serves until then, and numbers measured
-    across the swap would mix the two files."""
+    """200, and for this service also warm: its int8 self-check finished (fp32 answers until then), its explainer and
+    web UI built. All three run in the background after start: numbers measured earlier would mix the two files and
+    share the CPU with them."""
     if health.status_code != 200:
         return False
-    check = health.json().get("selfcheck") if "json" in health.headers.get("content-type", "") else None
-    return check is None or check["finished"]
+    body = health.json() if "json" in health.headers.get("content-type", "") else {}
+    if "selfcheck" not in body:
+        return True
+    if broken := {part: body[part] for part in ("explainer", "ui") if body[part].startswith("unavailable")}:
+        raise RuntimeError(f"the service is up but broken: {broken}")
+    return body["selfcheck"]["finished"] and body["explainer"] == "ready" and body["ui"] == "ready"
 
 
 @contextmanager
@@ -60,19 +65,6 @@ def running(command: list[str], health_url: str, env: dict[str, str] | None = No
     finally:
         process.terminate()
         process.wait(30)
-
-
-def wait_until_warm(url: str, timeout: float = 180) -> None:
-    """Until the service's explainer and web UI are ready (both are built in the background after start)."""
-    deadline = time.time() + timeout
-    while True:
-        health = requests.get(f"{url}/health").json()
-        states = {part: health[part] for part in ("explainer", "ui")}
-        if all(state == "ready" for state in states.values()):
-            return
-        if time.time() > deadline or any(state.startswith("unavailable") for state in states.values()):
-            raise TimeoutError(f"{url}: {states} (waited up to {timeout:.0f} s)")
-        time.sleep(1)
 
 
 def bentoml_serve(port: int) -> list[str]:

@@ -20,7 +20,7 @@ import aiohttp
 import numpy as np
 import psutil
 
-from loadtests.common import ROOT, bentoml_serve, running, sample_reviews, wait_until_warm
+from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
 from serving.runtime import cpu_flags
 
 OUT = ROOT / "reports" / "soak"
@@ -92,7 +92,6 @@ def main() -> None:
     texts = sample_reviews(2000, seed=5)
     url = f"http://127.0.0.1:{PORT}"
     with running(bentoml_serve(PORT), f"{url}/health") as server:
-        wait_until_warm(url)  # built in the background after start: not part of the soak's memory or CPU
         asyncio.run(open_loop(url, texts[:50], 2, 5))  # warm-up
         capacity, search = highest_rate(url, texts[-500:], best, args.search_steps, args.step_seconds)
         if capacity == 0:

@@ -134,10 +134,10 @@ def container_section(container: dict | None) -> str:
         f"Image `{container['image']}`: **{container['size_mb']:.0f} MB**; container start to `/health` 200 in "
         f"**{container['start_to_ready_s']:.1f} s** ({container['engine']}, `{container['cpu']}`)"
     )
-    if "start_to_int8_checked_s" in container:
+    if "start_to_warm_s" in container:
         summary += (
-            f", serving fp32 until the int8 self-check on this CPU let int8 take over at "
-            f"{container['start_to_int8_checked_s']:.1f} s"
+            f"; fp32 answers until it is warm at {container['start_to_warm_s']:.1f} s (the int8 self-check on this "
+            "CPU done, the explainer and the web UI built)"
         )
     summary += "."
     contents = container.get("contents")

@@ -50,7 +50,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server():
-    """The release model behind `bentoml serve` (needs `make model`), one per test module: a server started later
+    """The release model behind `bentoml serve` (needs `make model`), warm (`loadtests.common.ready`), one per test
+    module: a server started later
     (fault drills, the notebook) resets BentoML's shared Prometheus files, and a long-lived one loses its metrics."""
     from loadtests.common import bentoml_serve, running
 
@@ -58,15 +59,6 @@ def server():
     url = f"http://127.0.0.1:{port}"
     with running(bentoml_serve(port), f"{url}/health", {"BENTOML_HOME": os.environ["BENTOML_HOME"]}):
         yield url
-
-
-@pytest.fixture(scope="module")
-def warm_server(server) -> str:
-    """The server once its explainer (SHAP compiles its kernels) and web UI (Gradio), built after start, are ready."""
-    from loadtests.common import wait_until_warm
-
-    wait_until_warm(server)
-    return server
 
 
 @pytest.fixture

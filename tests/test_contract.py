@@ -9,11 +9,10 @@ import pytest
 pytestmark = pytest.mark.timeout(900)
 
 
-def test_generated_clients_never_break_the_contract(warm_server):
+def test_generated_clients_never_break_the_contract(server):
     """>= 1,000 generated cases over the API's operations, every schemathesis check, zero failures, against a warm
     service (until its explainer has warmed up, /explain answers a declared 503, which schemathesis counts as a
     failure)."""
-    server = warm_server
     command = [
         sys.executable,
         "-m",

@@ -234,9 +234,8 @@ def test_every_metric_the_grafana_dashboard_queries_is_exported(server):
     assert 'runner_name="sentiment-api"' in exported and 'endpoint="/predict"' in exported
 
 
-def test_explain_points_to_the_words_that_decided(warm_server):
+def test_explain_points_to_the_words_that_decided(server):
     """Per-word SHAP attributions of the served decision: additive, and the strongly negative words lead."""
-    server = warm_server
     before = requests.get(f"{server}/health").json()["selfcheck"]["classified_texts"]
     text = "The acting was awful and the plot was boring."
     body = requests.post(f"{server}/explain", json={"text": text}).json()
@@ -254,8 +253,7 @@ def test_explain_points_to_the_words_that_decided(warm_server):
     assert after - before == (predicted["path"] != "lexical")
 
 
-def test_explain_reads_what_the_transformer_reads(warm_server):
-    server = warm_server
+def test_explain_reads_what_the_transformer_reads(server):
     text = "An opening line that sets the scene. " + "Filler about the plot. " * 400 + "Overall a wonderful film."
     body = requests.post(f"{server}/explain", json={"text": text}).json()
     assert body["truncated"] and len(body["explained_text"]) < len(text) / 4

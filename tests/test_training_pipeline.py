@@ -19,12 +19,13 @@ import training.fit as fit_module
 from serving.hybrid import LEXICAL_FILE, POLICY_FILE
 from training import lexical
 from training.config import load_config
+from training.data import load_data
 from training.evaluate import evaluate
 from training.fit import WALL_TIME_FILE
 from training.modeling import PARITY_SAMPLE, load_tokenizer, merged_from_adapter, predict_proba
 from training.registry import HYBRID_DIR, assign_alias, register, validation_accuracy
 from training.remote import finish, pack
-from training.train import run
+from training.train import run, tokenize
 
 pytestmark = pytest.mark.timeout(600)
 RELEASE_CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "imdb-minilm-lora.yaml"
@@ -50,6 +51,7 @@ def tiny_overrides(tiny_checkpoint, data_dir, tmp_path, **overrides) -> list[str
         "train.eval_steps": 2,
         "train.logging_steps": 1,
         "encoding.max_length": 48,
+        "encoding.train_max_length": 32,  # trained on fewer tokens than it reads when it predicts
     } | overrides
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -68,7 +70,11 @@ def test_train_evaluate_register_and_rebuild(tiny_checkpoint, data_dir, tmp_path
     adapter_config = json.loads((model_dir / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == tiny_checkpoint
     assert "test_accuracy" not in summary and summary["n_validation"] == 32  # train never looks at the test split
-    assert np.load(model_dir / PARITY_SAMPLE)["labels"].shape == (32,)
+    parity_sample = np.load(model_dir / PARITY_SAMPLE)
+    assert parity_sample["labels"].shape == (32,)
+    assert np.diff(parity_sample["offsets"]).max() == 48  # encoded as the model reads when it predicts
+    trained_on = tokenize(load_data(config.data), config, load_tokenizer(tiny_checkpoint))
+    assert max(len(ids) for split in trained_on.values() for ids in split["input_ids"]) == 32
 
     client = MlflowClient(tracking_uri)
     mlflow_run = client.get_run(summary["mlflow_run_id"])

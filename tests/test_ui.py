@@ -26,8 +26,7 @@ def offsite() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def page(warm_server, offsite):
-    server = warm_server
+def page(server, offsite):
     chromium = shutil.which("chromium")
     assert chromium, "chromium not found: `make install` installs Debian's chromium (apt-get install chromium)"
     with sync_playwright() as playwright:
