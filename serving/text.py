@@ -7,7 +7,7 @@ or transformers. Training passes `AutoTokenizer(...).backend_tokenizer`, serving
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -31,11 +31,19 @@ class EncodingConfig:
 
     `head_tail` keeps the first `head_fraction` of the budget from the start of the text and the rest
     from its end: long reviews tend to state the verdict in their last sentences (Sun et al., 2019).
+
+    `max_length` is what the model reads when it predicts (validation-time choices, evaluation, export, serving);
+    `train_max_length`, if set, is what it reads in training. A BERT encoder pretrained on 512 positions, fine-tuned on
+    shorter sequences (much cheaper: attention grows with their square), still gains from reading more at inference.
     """
 
     max_length: int = 256
     truncation: Truncation = "head_tail"
     head_fraction: float = 0.25
+    train_max_length: int | None = None  # None: as max_length
+
+    def for_training(self) -> EncodingConfig:
+        return replace(self, max_length=self.train_max_length or self.max_length, train_max_length=None)
 
 
 def _truncate(ids: list[int], budget: int, config: EncodingConfig) -> list[int]:

@@ -25,7 +25,7 @@ from transformers import AutoModel, set_seed
 from serving.text import encode, pack_ids, unpack_ids, without_truncation
 from training.config import RELEASE_CONFIG, ExperimentConfig, config_from_dict, load_config, resolve_checkpoint
 from training.fit import fit
-from training.modeling import PARITY_SAMPLE, build_model, load_tokenizer, save_parity_sample, save_trained
+from training.modeling import build_model, load_tokenizer, save_trained
 
 SPLITS = ("train", "validation")
 BUNDLE = Path("build/remote")
@@ -52,7 +52,7 @@ def pack(config: ExperimentConfig, bundle: Path) -> None:
     backend = without_truncation(tokenizer.backend_tokenizer)
     arrays = {}
     for split in SPLITS:
-        packed = pack_ids(encode(data.splits[split]["text"], backend, config.encoding))
+        packed = pack_ids(encode(data.splits[split]["text"], backend, config.encoding.for_training()))
         arrays |= {f"{split}_{key}": value for key, value in packed.items()}
         arrays[f"{split}_labels"] = np.array(data.splits[split]["label"], dtype=np.int64)
     shutil.rmtree(bundle, ignore_errors=True)
@@ -94,7 +94,7 @@ def finish(out: Path, models_dir: Path) -> None:
     import mlflow
 
     from training.config import flatten
-    from training.data import load_data
+    from training.parity import write_parity_sample
     from training.registry import setup_tracking
     from training.train import git_commit
 
@@ -106,9 +106,7 @@ def finish(out: Path, models_dir: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter_model.safetensors", "config.yaml"):
         shutil.copy(trained / name, target / name)
-    validation = load_data(config.data).splits["validation"]
-    tokenizer = load_tokenizer(config.model.checkpoint)
-    save_parity_sample(validation["text"], validation["label"], tokenizer, config.encoding, target / PARITY_SAMPLE)
+    write_parity_sample(config, target)
     setup_tracking(config.data.name)
     with mlflow.start_run(run_name=config.name) as active:
         mlflow.log_params(flatten(config.to_dict(), "cfg."))

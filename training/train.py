@@ -33,11 +33,11 @@ def git_commit() -> str:
 
 
 def tokenize(data: LoadedData, config: ExperimentConfig, tokenizer) -> dict:
-    """Train and validation splits as token ids (training never touches the test split)."""
+    """Train and validation splits as token ids at the training length (training never touches the test split)."""
     backend = without_truncation(tokenizer.backend_tokenizer)
 
     def encode_batch(batch: dict) -> dict:
-        ids = encode(batch["text"], backend, config.encoding)
+        ids = encode(batch["text"], backend, config.encoding.for_training())
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
 
     return {
