@@ -29,6 +29,7 @@ from serving.telemetry import RequestRecord, RequestTelemetry
 from serving.variants import CHALLENGER, CHAMPION, Split, StoredModel, Variant, VariantName, current_tag
 
 HEALTH_TIMEOUT_S = 2.0
+CONNECTION_RETRIES = 3  # stale pooled connections a call may meet before it reaches the classifier
 log = logging.getLogger("sentiment.service")
 
 
@@ -52,12 +53,15 @@ class Gateway:
         batched = client.classify if variant == CHAMPION else client.classify_challenger
 
         async def classify() -> list[list[float]]:
-            try:
-                return await batched(texts)
-            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
-                # A pooled connection the classifier had just closed (its server drops idle keep-alive connections
-                # after 5 s, the client keeps them 15 s; BentoML exposes neither): `classify` is pure, send it again.
-                return await batched(texts)
+            for _ in range(CONNECTION_RETRIES):
+                try:
+                    return await batched(texts)
+                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                    # A pooled connection the classifier had closed (its server drops idle keep-alive connections
+                    # after 5 s, the client keeps them 15 s, and a pool can hold several; BentoML exposes neither),
+                    # or a restarting worker: `classify` is pure, send it again (within the deadline).
+                    continue
+            return await batched(texts)
 
         return await asyncio.wait_for(classify(), self.deadline_s)
 

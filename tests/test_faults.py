@@ -103,8 +103,9 @@ def test_kill_9_of_a_worker_under_load(own_server, service):
     failed = [r for r in after_kill if r[2] != 200]
     print(f"{service}: healthy again after {recovered:.1f} s; {len(failed)} of {len(after_kill)} requests failed")
     assert recovered < RECOVERY_S
-    if service == "onnx-classifier":  # the API answers, without its classifier
-        assert 503 in health_during, health_during
+    if service == "onnx-classifier":  # the API answers 503 without its classifier, unless it was back in time to
+        # answer every request after all (the probe's retry waits in the arbiter's backlog for the new worker)
+        assert 503 in health_during or not failed, (health_during, failed)
     # (the API worker's listening socket belongs to BentoML's arbiter: connections wait in its backlog for the
     # restarted worker instead of being refused)
     assert all(seconds < FAIL_FAST_S for _, seconds, _ in failed), failed  # failures are fast, no hang

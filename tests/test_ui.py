@@ -1,18 +1,12 @@
-"""The web UI as a person uses it: Debian's chromium, driven by Playwright, against the real service at /ui; and
-what /ui answers before it is built."""
+"""The web UI as a person uses it: Debian's chromium, driven by Playwright, against the real service at /ui."""
 
-import asyncio
 import re
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from playwright.sync_api import expect, sync_playwright
-
-from serving.deferred import DeferredApp
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "reports" / "ui"
@@ -87,21 +81,3 @@ def test_blank_input_gets_the_apis_reason(page, tmp_path):
     page.locator("input[type=file]").first.set_input_files(upload)
     page.locator("#predict-file").click()
     expect(page.get_by_text("row 2: is blank")).to_be_visible(timeout=60_000)
-
-
-def test_the_ui_answers_503_until_it_is_built_after_start():
-    ui = DeferredApp("the web UI")
-    host = FastAPI()
-    host.mount("/ui", ui)
-    client = TestClient(host)
-    before = client.get("/ui/")
-    assert before.status_code == 503 and before.headers["retry-after"] == "1"
-    assert before.json() == {"error": "the web UI is starting; retry shortly", "detail": None}
-    built = FastAPI()
-    built.get("/")(lambda: {"page": "ui"})
-    asyncio.run(ui.build(lambda: built))
-    assert ui.state() == "ready" and client.get("/ui/").json() == {"page": "ui"}
-    broken = DeferredApp("the web UI")
-    asyncio.run(broken.build(lambda: 1 / 0))
-    assert broken.state().startswith("unavailable (ZeroDivisionError")
-    assert TestClient(broken).get("/").status_code == 503
