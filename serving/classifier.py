@@ -58,7 +58,7 @@ class OnnxClassifier:
             if self.loaded[name].check.finished:
                 continue
             try:
-                checked = CheckedModel.load(model, SETTINGS.workers)
+                checked = self.loaded[name].checked(model, SETTINGS.workers)
             except Exception as error:
                 log.exception("the int8 self-check of %s could not run; fp32 stays", model.info.tag)
                 checked = self.loaded[name].failed(f"the int8 self-check could not run: {error!r}")

@@ -60,7 +60,7 @@ class Gateway:
                     # A pooled connection the classifier had closed (its server drops idle keep-alive connections
                     # after 5 s, the client keeps them 15 s, and a pool can hold several; BentoML exposes neither),
                     # or a restarting worker: `classify` is pure, send it again (within the deadline).
-                    continue
+                    pass
             return await batched(texts)
 
         return await asyncio.wait_for(classify(), self.deadline_s)

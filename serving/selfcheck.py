@@ -55,6 +55,15 @@ def load_classifier(
     if not (model_dir / INT8_FILE).exists():
         fp32 = OnnxTextClassifier(model_dir, FP32_FILE, workers)
         return fp32, SelfCheck("fp32", None, None, 0, False, "no int8 file passed the export's parity gate")
+    int8, check = check_int8(model_dir, limits, workers)
+    return (int8 if int8 is not None else OnnxTextClassifier(model_dir, FP32_FILE, workers)), check
+
+
+def check_int8(
+    model_dir: Path, limits: SelfCheckLimits, workers: int | None = None
+) -> tuple[OnnxTextClassifier | None, SelfCheck]:
+    """The int8 file scored on the golden set on this CPU: its runtime if within `limits` (else None), and what the
+    check measured."""
     golden = np.load(model_dir / GOLDEN_FILE)
     int8 = OnnxTextClassifier(model_dir, INT8_FILE, workers)
     reference = golden["probabilities"]
@@ -68,7 +77,7 @@ def load_classifier(
     if passed:
         return int8, check
     log.error("int8 self-check failed on this CPU, serving fp32: %s", measured)
-    return OnnxTextClassifier(model_dir, FP32_FILE, workers), check
+    return None, check
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,13 @@ class CheckedModel:
         running = "the int8 self-check is running: fp32 serves until then"
         check = SelfCheck("fp32", None, None, 0, False, running, finished=False)
         return cls(str(model.info.tag), OnnxTextClassifier(model.path, FP32_FILE, workers), check)
+
+    def checked(self, model: StoredModel, workers: int | None = None) -> CheckedModel:
+        """This fp32 reference (`reference`) with the int8 check's verdict: int8 if it passed on this CPU, else this
+        same fp32 runtime (not a second one)."""
+        limits = SelfCheckLimits(**model.info.metadata["selfcheck"])
+        int8, check = check_int8(Path(model.path), limits, workers)
+        return replace(self, runtime=int8 if int8 is not None else self.runtime, check=check)
 
     def failed(self, reason: str) -> CheckedModel:
         """This reference model as final: its int8 check could not run."""

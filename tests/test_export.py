@@ -181,7 +181,7 @@ def test_selfcheck_serves_fp32_first_then_int8_unless_it_strays_on_this_cpu(tiny
     at_start = CheckedModel.reference(stored)  # what the classifier answers with while the check runs
     assert at_start.runtime.model_file == FP32_FILE
     assert (at_start.check.served, at_start.check.finished) == ("fp32", False)
-    assert CheckedModel.load(stored).runtime.model_file == INT8_FILE  # what takes over once it has passed
+    assert at_start.checked(stored).runtime.model_file == INT8_FILE  # what takes over once it has passed
     opposite = np.eye(2)[1 - fp32.argmax(1)]  # a reference this CPU's int8 cannot match
     save_golden(onnx_dir / GOLDEN_FILE, golden, opposite)
     runtime, check = load_classifier(onnx_dir, SelfCheckLimits())

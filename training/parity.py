@@ -4,8 +4,9 @@
 
 The parity sample is the validation split as token ids, beside the adapter: the hybrid's policy (`make lexical`),
 the registry's gate and the export's parity gate score it, so that none of them needs the dataset. It must be encoded
-as the model reads when it predicts. After `encoding.max_length` in a model's config.yaml changes (the release
-was trained on 256 tokens and reads 384), write it again here, then run `make lexical` and `make register`.
+as the model reads when it predicts. After `encoding.max_length` in a model's config.yaml changes (a model trained
+on 256 tokens set to read 384: reports/experiments/read-384), write it again here, then run `make lexical` and
+`make register`.
 """
 
 from __future__ import annotations
