@@ -36,7 +36,7 @@ IMAGE = (
 
 check_workers_every(SETTINGS.worker_check_s)  # a killed worker is back in seconds (BentoML's default: 10 s)
 app = FastAPI(title="imdb-sentiment", description=__doc__)
-errors.install(app, max_body_bytes=SETTINGS.max_batch_texts * SETTINGS.max_text_chars * 4 + 4096)
+errors.install(app, max_body_bytes=SETTINGS.max_body_bytes)
 UI = DeferredApp("the web UI")  # Gradio, built after start: its import alone takes seconds
 app.mount("/ui", UI)
 JSON_ONLY = {"dependencies": [Depends(errors.require_json)], "responses": errors.ERROR_RESPONSES}

@@ -125,9 +125,10 @@ class Gateway:
             log.warning("shadow copy of %s failed: %r", record.request_id, error)
 
     def start(self) -> None:
-        """The explainer (SHAP compiles its kernels on first use: seconds, and readiness must not wait for it) and,
-        unless MODEL_POLL_S=0, the watch on the store."""
+        """The explainer (SHAP compiles its kernels on first use: seconds, and readiness must not wait for it), the
+        drift monitor's batches and, unless MODEL_POLL_S=0, the watch on the store."""
         self.explainer = asyncio.create_task(self._load_explainer())
+        self.drift_watch = asyncio.create_task(self.telemetry.watch_drift())
         if self.settings.model_poll_s > 0:
             self.watcher = asyncio.create_task(self._watch_store())
 

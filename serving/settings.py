@@ -41,6 +41,11 @@ class ServiceSettings:
     prediction_log: str = ""  # also append each request's JSON log line to this file (make ab-report reads it)
     model_poll_s: float = 30.0  # how often the store is asked whether a tag names a newer export (0: never reload)
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body (413 above): a full batch of the longest texts at 4 UTF-8 bytes a character."""
+        return self.max_batch_texts * self.max_text_chars * 4 + 4096
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
         values = {}

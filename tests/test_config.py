@@ -23,7 +23,7 @@ def test_unknown_keys_and_bad_overrides_are_rejected():
 
 COMMANDS = {
     "training.train": "train.learning_rate",
-    "training.lexical": "hybrid.min_lexical_precision",
+    "training.lexical": "hybrid.max_cascade_loss",
     "training.eda": "data.name",
     "training.evaluate": "data.max_test_samples",
     "training.registry": "registered_model",

@@ -3,6 +3,7 @@ traffic (AG News, SMS messages, one-line reviews; 300 texts each) crosses it, in
 (/metrics, /health); the alert rules use only metrics the service exports."""
 
 import re
+import time
 from pathlib import Path
 
 import bentoml
@@ -59,14 +60,14 @@ def test_in_distribution_stays_under_the_alert_and_shifted_traffic_crosses_it(re
 def test_drift_shows_in_metrics_and_health(server, traffic):
     assert requests.get(f"{server}/health").json()["drift"]["status"].startswith("collecting")
     send(server, traffic["imdb"])
-    health = requests.get(f"{server}/health").json()["drift"]
+    health = settled_drift(server)
     assert health["status"] == "ok" and max(health["psi"].values()) < PSI_ALERT, health
     metrics = requests.get(f"{server}/metrics").text
     assert all(psi_metric(metrics, feature) == pytest.approx(health["psi"][feature]) for feature in FEATURES)
     assert re.search(r"^sentiment_tokens_count \d+", metrics, re.M) and "sentiment_truncated_texts_total" in metrics
 
     send(server, traffic["ag_news"])
-    health = requests.get(f"{server}/health").json()["drift"]
+    health = settled_drift(server)
     assert health["status"] == "drift" and "tokens" in health["drifting"], health
     assert psi_metric(requests.get(f"{server}/metrics").text, "tokens") > PSI_ALERT
 
@@ -82,6 +83,16 @@ def send(server: str, texts: list[str]) -> None:
         batch = [t for t in texts[start : start + SETTINGS.max_batch_texts] if t.strip()]
         response = requests.post(f"{server}/predict_batch", json={"texts": batch}, timeout=60)
         assert response.status_code == 200, response.text
+
+
+def settled_drift(server: str, timeout_s: float = 30) -> dict:
+    """/health's drift once every answered text is in the window (the service adds them in batches, off the
+    request path)."""
+    deadline = time.time() + timeout_s
+    while (drift := requests.get(f"{server}/health").json()["drift"])["pending"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert drift["pending"] == 0, drift
+    return drift
 
 
 def psi_metric(metrics: str, feature: str) -> float:

@@ -43,20 +43,20 @@ def test_policy_is_chosen_by_its_rules(lexical_pair, imdb_slice):
     labels = np.array(validation["label"])
     lexical = LexicalModel(path).predict_proba(validation["text"])
     other = weak.predict_proba([lexical_text(t) for t in validation["text"]])
-    config = HybridConfig(min_lexical_precision=0.97)
+    config = HybridConfig(max_cascade_loss=0.01, bootstrap_samples=200)
     policy, evidence = choose_policy(lexical, other, labels, config)
 
     accuracy = evidence["validation_accuracy"]
     assert accuracy["ensemble"] >= accuracy["transformer"]  # weight 0 is on the grid
     curve = {point["threshold"]: point for point in evidence["validation_curve"]}
-    assert curve[policy.threshold]["lexical_precision"] >= config.min_lexical_precision
-    lower = [t for t in THRESHOLDS if t < policy.threshold]
-    assert all(curve[t]["lexical_precision"] < config.min_lexical_precision for t in lower)  # the lowest that holds
+    for point in curve.values():  # a 95% bound is above the loss the validation split shows
+        assert point["loss_bound"] >= accuracy["ensemble"] - point["accuracy"] - 1e-9
+    passing = [t for t in THRESHOLDS if curve[t]["loss_bound"] <= config.max_cascade_loss]
+    assert policy.mode == ("cascade" if passing else "ensemble")
+    assert policy.threshold == (min(passing) if passing else 1.0)  # the lowest that holds
+    assert accuracy["cascade"] >= accuracy["ensemble"] - config.max_cascade_loss
     share = evidence["validation_transformer_share"]
     assert share == pytest.approx(float((top_two_margin(lexical) < policy.threshold).mean()))
-    assert policy.mode == (
-        "cascade" if accuracy["cascade"] >= accuracy["ensemble"] - config.max_cascade_loss else "ensemble"
-    )
 
 
 def test_cascade_routes_by_margin_for_any_number_of_classes_and_keeps_order():

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from serving.hybrid import LEXICAL_FILE, HybridPolicy, LexicalModel
+from serving.schemas import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "imdb-minilm-lora"
@@ -77,6 +78,7 @@ BAD_INPUTS = {
     "non-string item": ("/predict_batch", b'{"texts": ["good", 3]}', JSON, 422),
     "blank item": ("/predict_batch", b'{"texts": ["good", " "]}', JSON, 422),
     "texts not a list": ("/predict_batch", b'{"texts": "good"}', JSON, 422),
+    "body over the limit": ("/predict_batch", b'{"texts": ["' + b"a" * SETTINGS.max_body_bytes + b'"]}', JSON, 413),
 }
 
 

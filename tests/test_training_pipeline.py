@@ -116,16 +116,20 @@ def test_train_evaluate_register_and_rebuild(tiny_checkpoint, data_dir, tmp_path
     )
 
 
-def test_champion_moves_only_on_better_validation(tracking_uri):
+def test_champion_moves_only_on_better_validation_or_a_cheaper_tie(tracking_uri):
     client = MlflowClient(tracking_uri)
     client.create_registered_model("m")
-    for _ in range(3):
+    for _ in range(5):
         client.create_model_version("m", source="file:///nowhere")
     assert assign_alias(client, "m", "1", 0.80, "data:1000") == "champion"
     assert assign_alias(client, "m", "2", 0.79, "data:1000") == "challenger"  # worse: champion stays on 1
     assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
-    assert assign_alias(client, "m", "3", 0.81, "data:1000") == "champion"
+    assert assign_alias(client, "m", "3", 0.81, "data:1000", transformer_share=0.6) == "champion"
     assert str(client.get_model_version_by_alias("m", "champion").version) == "3"
+    # a tie on accuracy: only a lower share of reviews sent to the transformer wins it
+    assert assign_alias(client, "m", "4", 0.81, "data:1000", transformer_share=0.6) == "challenger"
+    assert assign_alias(client, "m", "5", 0.81, "data:1000", transformer_share=0.3) == "champion"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "5"
 
 
 def test_a_challenger_measured_on_another_split_is_compared_on_its_own(

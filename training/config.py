@@ -92,9 +92,16 @@ class HybridConfig:
     # The vocabulary's size is set by min_df alone (5: 142k n-grams on IMDb, as accurate on validation as 400k): a
     # max_features cap can keep a bigram without its words, which ONNX Runtime's TfIdfVectorizer then never counts.
     min_df: int = 5
+    # Presence, not counts: a word said five times is not five times the evidence (more accurate on IMDb validation,
+    # alone and beside the transformer: reports/experiments/lexical-binary). Not sublinear_tf: skl2onnx exports it
+    # as log(1 + tf), which is not scikit-learn's 1 + log(tf).
+    binary: bool = True
     C: float = 8.0  # inverse L2 strength of the logistic regression
-    min_lexical_precision: float = 0.99  # the cascade's fast path must be this right on the reviews it answers
-    max_cascade_loss: float = 0.002  # the cascade is served when within this of the ensemble's validation accuracy
+    # The cascade's threshold: the lowest at which the cascade may lose at most `max_cascade_loss` accuracy to the
+    # ensemble on validation, at `loss_confidence` (paired bootstrap of the validation reviews, `bootstrap_samples`).
+    max_cascade_loss: float = 0.001
+    loss_confidence: float = 0.95
+    bootstrap_samples: int = 1000
 
 
 @dataclass

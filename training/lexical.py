@@ -4,9 +4,10 @@
 
 Trains on the model's own train split and writes, beside the adapter, `lexical.onnx.gz` (skl2onnx, checked against
 scikit-learn to 1e-4 on validation) and `hybrid.json`: the ensemble weight with the best validation accuracy, and the
-lowest cascade threshold at which the lexical model is at least `hybrid.min_lexical_precision` right on the reviews
-it answers alone. Everything is chosen on the whole validation split, never on test. Logged to the transformer's
-MLflow run when this store has it.
+lowest cascade threshold whose accuracy loss to the ensemble stays within `hybrid.max_cascade_loss` at
+`hybrid.loss_confidence` (a paired bootstrap of the validation reviews: a bound, not the point estimate that a lucky
+validation split would flatter). Everything is chosen on the whole validation split, never on test. Logged to the
+transformer's MLflow run when this store has it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def train_lexical(texts: list[str], labels: list[int], config: HybridConfig) -> 
         min_df=config.min_df,
         lowercase=False,  # done by lexical_text, the same in Python and in the service
         token_pattern=TOKEN_PATTERN,
+        binary=config.binary,
     )
     pipeline = make_pipeline(vectorizer, LogisticRegression(C=config.C, max_iter=2000))
     return pipeline.fit([lexical_text(t) for t in texts], labels)
@@ -85,51 +87,53 @@ def choose_weight(lexical: np.ndarray, transformer: np.ndarray, labels: np.ndarr
     return float(max(WEIGHTS, key=score))
 
 
-def cascade_curve(lexical: np.ndarray, combined: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
-    """Per threshold: the share of texts sent to the transformer, the cascade's accuracy, and how right the lexical
-    model is on the texts it answers alone (the trade-off the threshold is chosen on)."""
+def cascade_curve(
+    lexical: np.ndarray, combined: np.ndarray, labels: np.ndarray, config: HybridConfig | None = None
+) -> list[dict[str, float]]:
+    """Per threshold: the share of texts sent to the transformer, the cascade's accuracy, how right the lexical model
+    is on the texts it answers alone, and (with `config`) the bootstrap bound of the cascade's accuracy loss to the
+    ensemble (the trade-off the threshold is chosen on)."""
     margin, lexical_right = top_two_margin(lexical), lexical.argmax(1) == labels
+    combined_right = combined.argmax(1) == labels
+    resamples = None
+    if config:  # the same resamples for every threshold: the bounds are comparable along the curve
+        resamples = np.random.default_rng(0).integers(0, len(labels), (config.bootstrap_samples, len(labels)))
     curve = []
     for threshold in THRESHOLDS:
         alone = margin >= threshold
-        served = np.where(alone, lexical_right, combined.argmax(1) == labels)
-        curve.append(
-            {
-                "threshold": float(threshold),
-                "transformer_share": float(1 - alone.mean()),
-                "accuracy": float(served.mean()),
-                "lexical_precision": float(lexical_right[alone].mean()) if alone.any() else 1.0,
-            }
-        )
+        served = np.where(alone, lexical_right, combined_right)
+        point = {
+            "threshold": float(threshold),
+            "transformer_share": float(1 - alone.mean()),
+            "accuracy": float(served.mean()),
+            "lexical_precision": float(lexical_right[alone].mean()) if alone.any() else 1.0,
+        }
+        if config and resamples is not None:
+            loss = combined_right.astype(np.int8) - served.astype(np.int8)  # 1 where only the ensemble is right
+            point["loss_bound"] = float(np.quantile(loss[resamples].mean(1), config.loss_confidence))
+        curve.append(point)
     return curve
-
-
-def choose_threshold(curve: list[dict[str, float]], min_precision: float) -> float:
-    """The lowest threshold at which the lexical model is at least `min_precision` right on what it answers alone."""
-    passing = [point["threshold"] for point in curve if point["lexical_precision"] >= min_precision]
-    return min(passing) if passing else float(THRESHOLDS[-1])
 
 
 def choose_policy(
     lexical: np.ndarray, transformer: np.ndarray, labels: np.ndarray, config: HybridConfig
 ) -> tuple[HybridPolicy, dict]:
-    """The served policy and the validation evidence behind it."""
+    """The served policy and the validation evidence behind it: the cascade at the lowest threshold whose loss bound
+    holds, else (none holds) the ensemble."""
     weight = choose_weight(lexical, transformer, labels)
-    combined = ensemble(lexical, transformer, weight)
-    curve = cascade_curve(lexical, combined, labels)
-    threshold = choose_threshold(curve, config.min_lexical_precision)
-    policy = HybridPolicy(weight, threshold, "cascade")
+    curve = cascade_curve(lexical, ensemble(lexical, transformer, weight), labels, config)
+    passing = [point["threshold"] for point in curve if point["loss_bound"] <= config.max_cascade_loss]
+    policy = HybridPolicy(weight, min(passing), "cascade") if passing else HybridPolicy(weight, 1.0, "ensemble")
     accuracy = {
         mode: float((policy.with_mode(mode).decide(lexical, transformer).argmax(1) == labels).mean())
         for mode in ("transformer", "ensemble", "cascade")
     } | {"lexical": float((lexical.argmax(1) == labels).mean())}
-    if accuracy["cascade"] < accuracy["ensemble"] - config.max_cascade_loss:
-        policy = policy.with_mode("ensemble")
     evidence = {
         "validation_accuracy": accuracy,
         "validation_transformer_share": len(policy.onward(lexical, len(labels))) / len(labels),
-        "rule": f"lowest margin threshold with lexical precision >= {config.min_lexical_precision} on validation; "
-        f"cascade served when within {config.max_cascade_loss} of the ensemble",
+        "rule": f"lowest margin threshold at which the cascade loses at most {config.max_cascade_loss} accuracy to "
+        f"the ensemble at {config.loss_confidence} confidence (paired bootstrap, {config.bootstrap_samples} "
+        "resamples of validation); the ensemble if none does",
         "n_validation": len(labels),
         "validation_curve": curve,
     }

@@ -5,7 +5,8 @@
 Rebuilds the merged model from base + the committed adapter, logs it with its config, metrics, evaluation report,
 parity sample and (when `make lexical` made them) the lexical model and hybrid policy, and registers it: one
 version. A new version becomes `challenger`; it is promoted to `champion` only if what it serves beats the champion on
-the same validation split (the champion's transformer is re-scored when its tag names another split).
+the same validation split (the champion's transformer is re-scored when its tag names another split), or ties it while
+sending fewer reviews to the transformer (the same answers for less compute).
 `training.retrain` registers with that gate off and applies its own verdict here (`settle`).
 """
 
@@ -29,6 +30,7 @@ from training.modeling import PARITY_SAMPLE, load_tokenizer, load_trained, predi
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 SELECTION_METRIC, SELECTION_SET = "validation_accuracy", "validation_set"
+SHARE_METRIC = "validation_transformer_share"  # the tie-break: a version without it sends every review (1.0)
 HYBRID_DIR = "hybrid"  # run artifact folder of the lexical model and the hybrid policy
 
 
@@ -55,17 +57,17 @@ def validation_accuracy(model_uri: str, sample: Path) -> float:
     return float((probs.argmax(1) == data["labels"]).mean())
 
 
-def champion_score(client: MlflowClient, name: str, validation_set: str, sample: Path | None) -> float:
-    """The champion's validation accuracy on `validation_set` (re-scored from `sample` when it was measured on
-    another); -inf without a champion."""
+def champion_score(client: MlflowClient, name: str, validation_set: str, sample: Path | None) -> tuple[float, float]:
+    """The champion's validation accuracy on `validation_set` (re-scored from `sample`, transformer alone, when it was
+    measured on another) and the share it sends to the transformer; (-inf, 1) without a champion."""
     champion = champion_version(client, name)
     if champion is None:
-        return float("-inf")
+        return float("-inf"), 1.0
     if champion.tags.get(SELECTION_SET) == validation_set or sample is None:
-        return float(champion.tags.get(SELECTION_METRIC, "-inf"))
+        return float(champion.tags.get(SELECTION_METRIC, "-inf")), float(champion.tags.get(SHARE_METRIC, 1.0))
     best = validation_accuracy(f"models:/{name}/{champion.version}", sample)
     print(f"champion v{champion.version} re-scored on this validation set: {best:.4f}")
-    return best
+    return best, 1.0
 
 
 def assign_alias(
@@ -76,12 +78,16 @@ def assign_alias(
     validation_set: str,
     sample: Path | None = None,
     gate: bool = True,
+    transformer_share: float = 1.0,
 ) -> str:
-    """Tag `version` with its validation accuracy; `champion` moves to it only if it beats the champion's on the
-    same validation set, else `challenger`. `gate=False`: always `challenger` (a gate of its own decides later)."""
+    """Tag `version` with its validation accuracy and transformer share; `champion` moves to it only if it beats the
+    champion's accuracy on the same validation set, or ties it with a lower share, else `challenger`. `gate=False`:
+    always `challenger` (a gate of its own decides later)."""
     client.set_model_version_tag(name, version, SELECTION_METRIC, f"{accuracy:.6f}")
     client.set_model_version_tag(name, version, SELECTION_SET, validation_set)
-    promote = gate and accuracy > champion_score(client, name, validation_set, sample)
+    client.set_model_version_tag(name, version, SHARE_METRIC, f"{transformer_share:.6f}")
+    best, best_share = champion_score(client, name, validation_set, sample)
+    promote = gate and (accuracy, -transformer_share) > (best, -best_share)
     alias = CHAMPION if promote else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
     return alias
@@ -111,13 +117,13 @@ def registered_with_hybrid(run_id: str) -> bool:
     return bool(MlflowClient().list_artifacts(run_id, HYBRID_DIR))
 
 
-def served_validation_accuracy(model_dir: Path, summary: dict) -> float:
-    """What the gate compares: the validation accuracy of what the version serves (the hybrid's chosen mode when
-    `make lexical` ran, else the transformer alone)."""
+def served_validation_score(model_dir: Path, summary: dict) -> tuple[float, float]:
+    """What the gate compares: the validation accuracy of what the version serves and the share of reviews it sends
+    to the transformer (the hybrid's chosen mode when `make lexical` ran, else the transformer alone)."""
     if not (model_dir / POLICY_FILE).exists():
-        return summary["validation_accuracy"]
+        return summary["validation_accuracy"], 1.0
     hybrid = json.loads((model_dir / POLICY_FILE).read_text())
-    return hybrid["validation_accuracy"][hybrid["mode"]]
+    return hybrid["validation_accuracy"][hybrid["mode"]], hybrid["validation_transformer_share"]
 
 
 def log_and_register(
@@ -168,14 +174,9 @@ def register(
     for key, value in (tags or {}).items():
         client.set_model_version_tag(config.registered_model, version, key, value)
     validation_set = f"{summary['data_fingerprint']}:{summary['n_validation']}"
+    accuracy, share = served_validation_score(model_dir, summary)
     alias = assign_alias(
-        client,
-        config.registered_model,
-        version,
-        served_validation_accuracy(model_dir, summary),
-        validation_set,
-        model_dir / PARITY_SAMPLE,
-        gate,
+        client, config.registered_model, version, accuracy, validation_set, model_dir / PARITY_SAMPLE, gate, share
     )
     return version, alias
 
