@@ -1,4 +1,5 @@
-"""The transformer's BentoML service: the ONNX export(s) in one worker, behind BentoML's adaptive batching.
+"""The transformer's BentoML service: the ONNX export(s) in one worker, behind BentoML's adaptive batching (which
+sends a batch as soon as the previous one is done: `serving/batching.py`).
 
 `classify` answers for the champion and `classify_challenger` for an A/B challenger (each batched on its own queue);
 each model serves its fp32 file at once and its int8 file once the int8 self-check on this CPU has passed, checked
@@ -13,6 +14,7 @@ import threading
 
 import bentoml
 
+from serving.batching import dispatch_when_free
 from serving.schemas import SETTINGS
 from serving.selfcheck import CheckedModel
 from serving.telemetry import SelfCheckGauges
@@ -22,6 +24,7 @@ from serving.variants import CHALLENGER, CHAMPION, StoredModel, VariantName
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
 CHALLENGER_MODEL = bentoml.models.BentoModel(SETTINGS.challenger_model_tag) if SETTINGS.challenger_model_tag else None
 log = logging.getLogger(__name__)
+dispatch_when_free()  # a batch leaves as soon as the classifier is free, without waiting for batch-mates
 BATCHED = {
     "batchable": SETTINGS.adaptive_batching,
     "max_batch_size": SETTINGS.max_batch_size,
