@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import bentoml
@@ -36,7 +35,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from loadtests.common import ROOT, bentoml_serve, running, sample_labelled
-from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel
+from serving.hybrid import HybridRouter
 from serving.runtime import cpu_flags
 from serving.selfcheck import SelfCheckLimits, load_classifier
 
@@ -85,28 +84,25 @@ def sweep(url: str, texts: list[str], levels: list[int], seconds: float) -> list
     return [asyncio.run(closed_loop(url, texts, c, seconds)) for c in levels]
 
 
+def served_model() -> bentoml.Model:
+    return bentoml.models.get(os.environ.get("BENTO_MODEL_TAG", "imdb-sentiment-onnx:latest"))
+
+
 def in_process_ceiling(texts: list[str], labels: np.ndarray, batch_size: int = 32) -> dict:
     """Texts/s without HTTP through the service's runtime and lexical model, per mode, with each mode's accuracy on
     these reviews: one text per call on all cores, and batches run as parallel single-thread calls (what an adaptive
     batch gets: the ceiling)."""
-    model = bentoml.models.get(os.environ.get("BENTO_MODEL_TAG", "imdb-sentiment-onnx:latest"))
+    model = served_model()
     runtime, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
-    lexical = LexicalModel(Path(model.path) / LEXICAL_FILE)
-    policy = HybridPolicy.load(Path(model.path) / POLICY_FILE)
+    router = HybridRouter(model.path)
     chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
     runtime.predict_proba(chunks[0])  # warm-up
 
-    def serve(chunk: list[str], mode: str) -> np.ndarray:
-        chosen = policy.with_mode(mode)
-        lexical_probs = lexical.predict_proba(chunk) if mode != "transformer" else None
-        onward = chosen.onward(lexical_probs, len(chunk))
-        transformer = runtime.predict_proba([chunk[i] for i in onward])
-        return chosen.merge(lexical_probs, transformer, onward, len(chunk))[0]
-
-    result = {"served": check.served, "default_mode": policy.mode, "modes": {}}
+    result = {"served": check.served, "default_mode": router.policy.mode, "modes": {}}
     for mode in MODES:
+        policy = router.policy_for(mode)  # type: ignore[arg-type]
         started = time.perf_counter()
-        answers = np.concatenate([serve(chunk, mode) for chunk in chunks])
+        answers = np.concatenate([router.classify_in_process(chunk, policy, runtime)[0] for chunk in chunks])
         rate = len(texts) / (time.perf_counter() - started)
         accuracy = float((answers.argmax(1) == labels).mean())
         result["modes"][mode] = {"texts_per_s_batched": rate, "accuracy": accuracy}
@@ -122,15 +118,13 @@ def in_process_ceiling(texts: list[str], labels: np.ndarray, batch_size: int = 3
 def lexical_path(texts: list[str]) -> tuple[list[str], float]:
     """The reviews the served cascade answers without the transformer, and the lexical model's in-process p50 (ms)
     on one of them at a time."""
-    model = bentoml.models.get(os.environ.get("BENTO_MODEL_TAG", "imdb-sentiment-onnx:latest"))
-    lexical = LexicalModel(Path(model.path) / LEXICAL_FILE)
-    policy = HybridPolicy.load(Path(model.path) / POLICY_FILE).with_mode("cascade")
-    onward = set(policy.onward(lexical.predict_proba(texts), len(texts)).tolist())
+    router = HybridRouter(served_model().path)
+    onward = set(router.split(texts, router.policy_for("cascade"))[1].tolist())
     alone = [text for i, text in enumerate(texts) if i not in onward]
     timings = []
     for text in alone[:200]:
         started = time.perf_counter()
-        lexical.predict_proba([text])
+        router.lexical.predict_proba([text])  # type: ignore[union-attr]
         timings.append(1000 * (time.perf_counter() - started))
     return alone, float(np.median(timings))
 

@@ -4,8 +4,8 @@ BentoML's dispatcher (`CorkDispatcher` in `bentoml._internal.marshal.dispatcher`
 requests that arrive meanwhile form the next one. Besides, it holds a request back to wait for batch-mates for as
 long as requests recently waited on average (`Optimizer.wait`, refreshed from the last 50 batches). That memory feeds
 itself: after a burst, when requests queued behind a running batch, every lone request is held back for about that
-long again, for minutes (`make benchmark`: in transformer mode at one client, after the busier modes, a request took
-three times as long batched as unbatched). Waiting buys this classifier nothing: each text is its own ONNX Runtime
+long again, for minutes (in `make benchmark`, the transformer mode's single client, measured after the busier modes,
+waited for batch-mates that never came). Waiting buys this classifier nothing: each text is its own ONNX Runtime
 call, spread over the cores, so a fuller batch is not cheaper per text. BentoML has no setting for it;
 `dispatch_when_free` keeps the queue, the batch size limit and the `max_latency_ms` deadline and drops only the wait.
 """

@@ -159,8 +159,8 @@ class RequestTelemetry:
         self.log.info("prediction", extra=request.log_fields(texts, predictions, latency_s) | extra)
 
     async def watch_drift(self) -> None:
-        """The drift features of the answered texts, in batches, off the request path: one text at a time, tokenizing
-        them was a tenth of the API process's time per answer."""
+        """The drift features of the answered texts, in batches, off the request path: tokenized one request at a
+        time, they cost every answer the time of a full tokenization in the API process."""
         while True:
             await asyncio.sleep(DRIFT_INTERVAL_S)
             try:

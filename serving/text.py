@@ -32,9 +32,10 @@ class EncodingConfig:
     `head_tail` keeps the first `head_fraction` of the budget from the start of the text and the rest
     from its end: long reviews tend to state the verdict in their last sentences (Sun et al., 2019).
 
-    `max_length` is what the model reads when it predicts (validation-time choices, evaluation, export, serving);
-    `train_max_length`, if set, is what it reads in training. A BERT encoder pretrained on 512 positions, fine-tuned on
-    shorter sequences (much cheaper: attention grows with their square), still gains from reading more at inference.
+    `max_length` is what the model reads when it predicts (the hybrid's choices on validation, evaluation, export,
+    serving); `train_max_length`, if set, is what it reads in training, the best checkpoint's validation included. A
+    BERT encoder pretrained on 512 positions, fine-tuned on shorter sequences (much cheaper: attention grows with their
+    square), still gains from reading more at inference.
     """
 
     max_length: int = 256

@@ -95,7 +95,6 @@ def cascade_curve(
     ensemble (the trade-off the threshold is chosen on)."""
     margin, lexical_right = top_two_margin(lexical), lexical.argmax(1) == labels
     combined_right = combined.argmax(1) == labels
-    resamples = None
     if config:  # the same resamples for every threshold: the bounds are comparable along the curve
         resamples = np.random.default_rng(0).integers(0, len(labels), (config.bootstrap_samples, len(labels)))
     curve = []
@@ -108,7 +107,7 @@ def cascade_curve(
             "accuracy": float(served.mean()),
             "lexical_precision": float(lexical_right[alone].mean()) if alone.any() else 1.0,
         }
-        if config and resamples is not None:
+        if config:
             loss = combined_right.astype(np.int8) - served.astype(np.int8)  # 1 where only the ensemble is right
             point["loss_bound"] = float(np.quantile(loss[resamples].mean(1), config.loss_confidence))
         curve.append(point)
