@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from serving.hybrid import TRANSFORMER_ONLY, HybridPolicy, HybridRouter
-from serving.runtime import OnnxTextClassifier
+from serving.selfcheck import served_runtime
 from serving.text import visible_text
 
 WORDS = r"\W+"  # SHAP's text masker splits on non-word characters: attributions are per word
@@ -48,10 +48,10 @@ class Explanation(BaseModel):
 class Explainer:
     """One per API worker; `explain` is blocking (run it in a thread)."""
 
-    def __init__(self, model_dir: str | Path, variant_file: str, router: HybridRouter, workers: int):
+    def __init__(self, model_dir: str | Path, recipe: str | None, router: HybridRouter, workers: int):
         import shap  # here, not at the top: seconds of imports that only the API worker's explainer needs
 
-        self.transformer = OnnxTextClassifier(model_dir, variant_file, workers)
+        self.transformer = served_runtime(model_dir, recipe, workers)  # the file the classifier chose on this CPU
         self.router = router
         self.label_names = self.transformer.label_names
         self.masker = shap.maskers.Text(WORDS, mask_token="...", collapse_mask_token=True)

@@ -20,10 +20,10 @@ import bentoml
 from fastapi import Request, Response
 
 from serving import errors
+from serving.admission import TransformerAdmission
 from serving.explain import Explainer, Explanation
 from serving.hybrid import HybridPolicy, Mode
 from serving.schemas import Prediction
-from serving.selfcheck import VARIANT_FILES
 from serving.settings import ServiceSettings
 from serving.telemetry import RequestRecord, RequestTelemetry
 from serving.variants import CHALLENGER, CHAMPION, Split, StoredModel, Variant, VariantName, current_tag
@@ -42,7 +42,8 @@ class Gateway:
         self.classifier, self.settings = classifier, settings
         self.variants = {name: Variant.of(name, model, settings.hybrid_mode) for name, model in models.items()}
         self.split = Split(settings.ab_mode, settings.challenger_share, CHALLENGER in self.variants)  # type: ignore[arg-type]
-        self.in_flight = self.explaining = 0
+        self.explaining = 0
+        self.admission = TransformerAdmission(settings.max_queue_ms, settings.max_in_flight)
         self.shadows: set[asyncio.Task] = set()  # shadow copies in flight (held here: the loop keeps weak references)
         # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
         self.deadline_s = settings.max_latency_ms / 1000 + settings.classify_timeout_s
@@ -63,7 +64,8 @@ class Gateway:
                     pass
             return await batched(texts)
 
-        return await asyncio.wait_for(classify(), self.deadline_s)
+        with self.admission.admit(len(texts)):  # a fast 503 when these texts would wait too long
+            return await asyncio.wait_for(classify(), self.deadline_s)
 
     def _policy(self, variant: Variant, mode: Mode | None) -> HybridPolicy:
         try:
@@ -80,18 +82,13 @@ class Gateway:
     async def classify_texts(
         self, texts: list[str], mode: Mode | None = None, variant: VariantName = CHAMPION
     ) -> list[Prediction]:
-        """Admission control first: past `max_in_flight` requests the answer is a fast 503, not a long queue."""
-        if self.in_flight >= self.settings.max_in_flight:
-            raise errors.ApiError(503, f"over {self.settings.max_in_flight} requests in flight; retry shortly")
-        self.in_flight += 1
+        """The texts the lexical model cannot answer alone queue for the transformer if admitted (`_transformer`)."""
         try:
             return await self._answer(texts, mode, variant)
         except errors.ApiError:
             raise
         except Exception as error:  # the classifier is down or restarting, or the batch deadline passed
             raise errors.ApiError(503, f"the classifier is unavailable ({type(error).__name__})") from error
-        finally:
-            self.in_flight -= 1
 
     async def predict(
         self, texts: list[str], mode: Mode | None, request: Request, response: Response
@@ -133,7 +130,7 @@ class Gateway:
             self.watcher = asyncio.create_task(self._watch_store())
 
     async def _load_explainer(self) -> Explainer:
-        while True:  # the variant served (int8 or fp32) is the classifier's choice, final once its self-check is
+        while True:  # the file served (an int8 recipe or fp32) is the classifier's choice, final once its check is
             try:
                 served = await asyncio.wait_for(self.classifier().status(), HEALTH_TIMEOUT_S)
                 if served["finished"]:
@@ -142,8 +139,8 @@ class Gateway:
                 pass
             await asyncio.sleep(0.5)
         champion = self.variants[CHAMPION]
-        file = VARIANT_FILES[served["served"]]
-        return await asyncio.to_thread(Explainer, champion.path, file, champion.hybrid, self.settings.workers)
+        recipe = served["recipe"]
+        return await asyncio.to_thread(Explainer, champion.path, recipe, champion.hybrid, self.settings.workers)
 
     async def _watch_store(self) -> None:
         """Picks up a new export under a served tag (`name:latest` after `make retrain` promoted a champion): the
@@ -210,6 +207,7 @@ class Gateway:
             "hybrid": champion.hybrid.describe(),
             "ab": ab,
             "explainer": self.explainer_state(),
+            "admission": self.admission.describe(),
             "drift": self.telemetry.drift_status(),
             "warning": None if check["passed"] else f"int8 is not served: {check['detail']}",
         }

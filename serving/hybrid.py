@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from serving.runtime import OnnxTextClassifier, softmax
+from serving.runtime import OnnxTextClassifier, softmax, top_two_margin
 from serving.text import clean_text
 
 LEXICAL_FILE, POLICY_FILE = "lexical.onnx.gz", "hybrid.json"  # gzip: its vocabulary compresses 2.4x
@@ -53,10 +53,6 @@ class LexicalModel:
         return np.concatenate(parts).astype(np.float64)
 
 
-def top_two_margin(probs: np.ndarray) -> np.ndarray:
-    """Probability of the best class minus the runner-up's: a confidence that works for any number of classes."""
-    top_two = np.sort(probs, axis=1)[:, -2:]
-    return top_two[:, 1] - top_two[:, 0]
 
 
 def ensemble(lexical: np.ndarray, transformer: np.ndarray, weight: float) -> np.ndarray:

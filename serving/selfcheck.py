@@ -1,83 +1,157 @@
-"""Parity checked on the CPU that serves: int8 kernels (and so int8 numerics) differ between CPU families.
+"""The serving CPU picks the transformer file: int8 kernels (and so int8 speed and numerics) differ between CPU
+families.
 
-The export ships the fp32 file, the int8 file that passed its gate, and a golden set (token ids of validation
-reviews with the fp32 probabilities). The service starts on fp32, the reference (ready in a fraction of a second),
-and meanwhile scores the golden set with int8 on its own CPU: within the limits int8 takes over; below them it logs
-an error and fp32 stays.
+The export ships the fp32 file, at most two int8 files that passed its gate (the fastest and the most faithful,
+listed in `int8.json`) and a golden set (token ids of validation reviews with the fp32 probabilities). The service
+starts on fp32, the reference (ready in a fraction of a second), and meanwhile, on its own CPU, scores the golden set
+with each int8 file and times the files that stay within the limits, interleaved, against fp32. It serves the most
+faithful of them, or a faster one when that is at least `min_speedup` faster; fp32 stays, with the reason, when no
+int8 file is both faithful and faster here.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from serving.runtime import OnnxTextClassifier, cpu_flags
+from serving.runtime import OnnxTextClassifier, cpu_flags, ms_per_review
 from serving.text import pack_ids, unpack_ids
 from serving.variants import StoredModel
 
-FP32_FILE, INT8_FILE, GOLDEN_FILE = "model.onnx", "model.int8.onnx", "golden.npz"
-VARIANT_FILES = {"int8": INT8_FILE, "fp32": FP32_FILE}
+FP32_FILE, GOLDEN_FILE, INT8_MANIFEST = "model.onnx", "golden.npz", "int8.json"
+NO_INT8 = "no int8 file passed the export's parity gate"
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SelfCheckLimits:
-    """How far int8 may stray from fp32 on the golden set (64 reviews: one flipped label is 1.6%)."""
+    """How far int8 may stray from fp32 on the golden set (64 reviews: one flipped label is 1.6%), and how much faster
+    a file must run on this CPU to be preferred to a more faithful one."""
 
     min_agreement: float = 0.98
     max_mean_abs_diff: float = 0.01
+    min_speedup: float = 0.10
+    timing_reviews: int = 24  # golden reviews timed per pass (3 interleaved passes), while fp32 serves
+
+
+@dataclass(frozen=True)
+class Int8File:
+    """An int8 file that passed the export's gate; fp32 re-scores its answers with a top-two margin below
+    `rescore_below` (0: never)."""
+
+    recipe: str
+    file: str
+    rescore_below: float = 0.0
+    export_agreement: float | None = None  # with PyTorch, on the export's gated reviews
 
 
 @dataclass(frozen=True)
 class SelfCheck:
     served: str  # "int8" or "fp32"
-    agreement: float | None  # int8 vs fp32 on the golden set, None when no int8 file shipped
+    agreement: float | None  # the served int8 file vs fp32 on the golden set, None when int8 is not served
     mean_abs_diff: float | None
     n: int
-    passed: bool
+    passed: bool  # an int8 file serves
     detail: str
     finished: bool = True  # False while fp32 serves and the int8 check runs
     cpu: str = field(default_factory=cpu_flags)  # the flags that decide ORT's int8 kernels on this machine
+    recipe: str | None = None  # the int8 recipe served
+    files: dict[str, dict] = field(default_factory=dict)  # per file: agreement, mean |dp|, ms/review on this CPU
 
 
 def save_golden(path: Path, ids: list[list[int]], fp32_probabilities: np.ndarray) -> None:
     np.savez_compressed(path, **pack_ids(ids), probabilities=fp32_probabilities.astype(np.float32))
 
 
+def save_int8_files(path: Path, files: list[Int8File]) -> None:
+    path.write_text(json.dumps([asdict(f) for f in files], indent=2) + "\n")
+
+
+def int8_files(model_dir: Path) -> list[Int8File]:
+    manifest = model_dir / INT8_MANIFEST
+    return [Int8File(**f) for f in json.loads(manifest.read_text())] if manifest.exists() else []
+
+
+def int8_runtime(
+    model_dir: Path, int8: Int8File, fp32: OnnxTextClassifier | None, workers: int | None = None
+) -> OnnxTextClassifier:
+    """The int8 file as served: with `fp32` re-scoring the answers it is unsure of, where its recipe says so."""
+    rescorer = fp32.quiet() if fp32 is not None and int8.rescore_below > 0 else None
+    return OnnxTextClassifier(model_dir, int8.file, workers, rescorer=rescorer, rescore_below=int8.rescore_below)
+
+
+def served_runtime(model_dir: str | Path, recipe: str | None, workers: int | None = None) -> OnnxTextClassifier:
+    """The runtime of the file a self-check chose (`SelfCheck.recipe`; None: fp32), built again in another process
+    (the explainer beside the classifier)."""
+    model_dir = Path(model_dir)
+    int8 = next((f for f in int8_files(model_dir) if f.recipe == recipe), None)
+    fp32 = OnnxTextClassifier(model_dir, FP32_FILE, workers) if int8 is None or int8.rescore_below > 0 else None
+    return int8_runtime(model_dir, int8, fp32, workers) if int8 else fp32
+
+
 def load_classifier(
     model_dir: str | Path, limits: SelfCheckLimits, workers: int | None = None
 ) -> tuple[OnnxTextClassifier, SelfCheck]:
-    """int8 if it ships and matches fp32 on this CPU, else fp32; and what the check measured."""
-    model_dir = Path(model_dir)
-    if not (model_dir / INT8_FILE).exists():
-        fp32 = OnnxTextClassifier(model_dir, FP32_FILE, workers)
-        return fp32, SelfCheck("fp32", None, None, 0, False, "no int8 file passed the export's parity gate")
-    int8, check = check_int8(model_dir, limits, workers)
-    return (int8 if int8 is not None else OnnxTextClassifier(model_dir, FP32_FILE, workers)), check
+    """The file the service would serve on this CPU, and what the check measured (scoring, evaluation, benchmark)."""
+    fp32 = OnnxTextClassifier(model_dir, FP32_FILE, workers)
+    return choose_on_this_cpu(Path(model_dir), limits, fp32, workers)
 
 
-def check_int8(
-    model_dir: Path, limits: SelfCheckLimits, workers: int | None = None
-) -> tuple[OnnxTextClassifier | None, SelfCheck]:
-    """The int8 file scored on the golden set on this CPU: its runtime if within `limits` (else None), and what the
-    check measured."""
+def choose_on_this_cpu(
+    model_dir: Path, limits: SelfCheckLimits, fp32: OnnxTextClassifier, workers: int | None = None
+) -> tuple[OnnxTextClassifier, SelfCheck]:
+    """Each shipped int8 file scored on the golden set here; those within `limits` timed against `fp32`; the most
+    faithful one served unless another is `min_speedup` faster; `fp32` itself when none is faithful and faster."""
+    shipped = int8_files(model_dir)
+    if not shipped:
+        return fp32, SelfCheck("fp32", None, None, 0, False, NO_INT8)
     golden = np.load(model_dir / GOLDEN_FILE)
-    int8 = OnnxTextClassifier(model_dir, INT8_FILE, workers)
-    reference = golden["probabilities"]
-    probabilities = int8.predict_ids(unpack_ids(golden["ids"], golden["offsets"]))
-    agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
-    mean_abs_diff = float(np.abs(probabilities - reference).mean())
-    passed = agreement >= limits.min_agreement and mean_abs_diff <= limits.max_mean_abs_diff
-    measured = f"agreement {agreement:.4f} (min {limits.min_agreement}), mean |dp| {mean_abs_diff:.4f} "
-    measured += f"(max {limits.max_mean_abs_diff}) on {len(reference)} golden reviews"
-    check = SelfCheck("int8" if passed else "fp32", agreement, mean_abs_diff, len(reference), passed, measured)
-    if passed:
-        return int8, check
-    log.error("int8 self-check failed on this CPU, serving fp32: %s", measured)
-    return None, check
+    ids, reference = unpack_ids(golden["ids"], golden["offsets"]), golden["probabilities"]
+    runtimes, files = {}, {}
+    for int8 in shipped:
+        runtime = int8_runtime(model_dir, int8, fp32, workers)
+        probabilities = runtime.predict_ids(ids)
+        agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
+        mean_abs_diff = float(np.abs(probabilities - reference).mean())
+        faithful = agreement >= limits.min_agreement and mean_abs_diff <= limits.max_mean_abs_diff
+        files[int8.recipe] = {"agreement": agreement, "mean_abs_diff": mean_abs_diff, "faithful": faithful}
+        if faithful:
+            runtimes[int8.recipe] = runtime
+    timed = ms_per_review({"fp32": fp32} | runtimes, ids[: limits.timing_reviews]) if runtimes else {}
+    for recipe, ms in timed.items():
+        files.setdefault(recipe, {})["ms_per_review"] = ms
+    served = prefer(files, timed, limits.min_speedup)
+    summary = "; ".join(
+        f"{r}: agreement {f['agreement']:.4f}, mean |dp| {f['mean_abs_diff']:.4f}"
+        + (f", {f['ms_per_review']:.1f} ms/review" if "ms_per_review" in f else "")
+        for r, f in files.items()
+        if r != "fp32"
+    )
+    measured = f"{summary} on {len(reference)} golden reviews"
+    if "fp32" in timed:
+        measured += f" (fp32 {timed['fp32']:.1f} ms/review)"
+    if served == "fp32":
+        why = "no int8 file within the limits" if not runtimes else f"no int8 file {limits.min_speedup:.0%} faster"
+        log.error("int8 self-check on this CPU: %s, serving fp32: %s", why, measured)
+        return fp32, SelfCheck("fp32", None, None, len(reference), False, f"{why}: {measured}", files=files)
+    chosen = files[served]
+    check = SelfCheck(
+        "int8", chosen["agreement"], chosen["mean_abs_diff"], len(reference), True, measured, recipe=served, files=files
+    )
+    return runtimes[served], check
+
+
+def prefer(files: dict[str, dict], ms_per_review: dict[str, float], min_speedup: float) -> str:
+    """fp32, or the most faithful timed int8 file, or a less faithful one that is `min_speedup` faster than it."""
+    served = "fp32"
+    for recipe in sorted(set(ms_per_review) - {"fp32"}, key=lambda r: -files[r]["agreement"]):
+        if ms_per_review[recipe] <= (1 - min_speedup) * ms_per_review[served]:
+            served = recipe
+    return served
 
 
 @dataclass(frozen=True)
@@ -90,24 +164,25 @@ class CheckedModel:
 
     @classmethod
     def load(cls, model: StoredModel, workers: int | None = None) -> CheckedModel:
-        limits = SelfCheckLimits(**model.info.metadata["selfcheck"])
-        return cls(str(model.info.tag), *load_classifier(model.path, limits, workers))
+        return cls.reference(model, workers).checked(model, workers)
 
     @classmethod
     def reference(cls, model: StoredModel, workers: int | None = None) -> CheckedModel:
-        """The fp32 file, to serve while int8 is checked (`load`): no golden set scored, so ready at once."""
-        if not (Path(model.path) / INT8_FILE).exists():
-            return cls.load(model, workers)  # fp32 is final: nothing to check
+        """The fp32 file, to serve while int8 is checked (`checked`): no golden set scored, so ready at once."""
+        fp32 = OnnxTextClassifier(model.path, FP32_FILE, workers)
+        if not int8_files(Path(model.path)):
+            return cls(str(model.info.tag), fp32, SelfCheck("fp32", None, None, 0, False, NO_INT8))
         running = "the int8 self-check is running: fp32 serves until then"
-        check = SelfCheck("fp32", None, None, 0, False, running, finished=False)
-        return cls(str(model.info.tag), OnnxTextClassifier(model.path, FP32_FILE, workers), check)
+        return cls(str(model.info.tag), fp32, SelfCheck("fp32", None, None, 0, False, running, finished=False))
 
     def checked(self, model: StoredModel, workers: int | None = None) -> CheckedModel:
-        """This fp32 reference (`reference`) with the int8 check's verdict: int8 if it passed on this CPU, else this
-        same fp32 runtime (not a second one)."""
+        """This fp32 reference (`reference`) with the check's verdict: the int8 file chosen on this CPU, or this same
+        fp32 runtime (not a second one)."""
+        if self.check.finished:
+            return self
         limits = SelfCheckLimits(**model.info.metadata["selfcheck"])
-        int8, check = check_int8(Path(model.path), limits, workers)
-        return replace(self, runtime=int8 if int8 is not None else self.runtime, check=check)
+        runtime, check = choose_on_this_cpu(Path(model.path), limits, self.runtime, workers)
+        return replace(self, runtime=runtime, check=check)
 
     def failed(self, reason: str) -> CheckedModel:
         """This reference model as final: its int8 check could not run."""

@@ -202,19 +202,41 @@ class RequestTelemetry:
 
 
 class SelfCheckGauges:
-    """The classifier's gauges: what the champion's int8 self-check measured on this CPU, and the file it serves
-    (set again when a new champion is loaded)."""
+    """The classifier's gauges: what the champion's self-check measured on this CPU for each file, and the file it
+    serves (set again when a new champion is loaded)."""
 
     def __init__(self) -> None:
         self.agreement = bentoml.metrics.Gauge(
             name="sentiment_int8_selfcheck_agreement",
-            documentation="int8 vs fp32 argmax agreement on the golden set, measured at start on this CPU",
+            documentation="The served int8 file vs fp32: argmax agreement on the golden set, measured on this CPU",
         )
         self.served = bentoml.metrics.Gauge(
             name="sentiment_served_variant", documentation="1 for the variant served", labelnames=["variant"]
+        )
+        self.served_file = bentoml.metrics.Gauge(
+            name="sentiment_served_file",
+            documentation="1 for the file served (int8 recipe or fp32)",
+            labelnames=["file"],
+        )
+        self.file_agreement = bentoml.metrics.Gauge(
+            name="sentiment_file_selfcheck_agreement",
+            documentation="Each shipped int8 file vs fp32: argmax agreement on the golden set, on this CPU",
+            labelnames=["file"],
+        )
+        self.file_speed = bentoml.metrics.Gauge(
+            name="sentiment_file_ms_per_review",
+            documentation="Each faithful file's median ms per review on this CPU, timed at the self-check",
+            labelnames=["file"],
         )
 
     def publish(self, check: SelfCheck) -> None:
         self.agreement.set(check.agreement if check.agreement is not None else -1)
         for variant in ("int8", "fp32"):
             self.served.labels(variant=variant).set(int(variant == check.served))
+        served = check.recipe or "fp32"
+        for file, measured in ({"fp32": {}} | check.files).items():
+            self.served_file.labels(file=file).set(int(file == served))
+            if "agreement" in measured:
+                self.file_agreement.labels(file=file).set(measured["agreement"])
+            if "ms_per_review" in measured:
+                self.file_speed.labels(file=file).set(measured["ms_per_review"])

@@ -28,7 +28,7 @@ from training.train import run as train
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[1]
 CHAMPION_TAG, CHALLENGER_TAG = "tiny-onnx:latest", "tiny-onnx-challenger:latest"
-SMALL_EXPORT = {"calibration_samples": 8, "golden_size": 8, "profile_texts": 0, "timing_samples": 4}
+SMALL_EXPORT = {"search_samples": 8, "golden_size": 8, "profile_texts": 0, "timing_samples": 4}
 
 
 def export(env: dict[str, str], cwd: Path, *models: tuple[str, str]) -> None:

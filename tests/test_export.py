@@ -1,5 +1,6 @@
 """Export of a tiny registered model: ONNX parity with PyTorch, the refusal of a damaged model, the int8 fallback,
-the CLI import with its golden set, and predictions that do not depend on batch-mates."""
+the CLI import with its golden set and int8 files, the serving CPU's choice between them, fp32 rescoring, and
+predictions that do not depend on batch-mates."""
 
 import json
 import os
@@ -15,18 +16,23 @@ import pytest
 import requests
 from onnx import numpy_helper
 
-from export.export import ExportConfig, ParityError, choose, evaluate_variants, export_onnx
-from export.quantize import DEFAULT
+from export.export import ExportConfig, ParityError, choose, evaluate_variants, export_onnx, rescore_margin
+from export.quantize import DEFAULTS
 from serving.drift import PROFILE_FILE
-from serving.runtime import OnnxTextClassifier
+from serving.runtime import OnnxTextClassifier, top_two_margin
 from serving.selfcheck import (
     FP32_FILE,
     GOLDEN_FILE,
-    INT8_FILE,
+    INT8_MANIFEST,
     CheckedModel,
+    Int8File,
     SelfCheckLimits,
+    int8_files,
     load_classifier,
+    prefer,
     save_golden,
+    save_int8_files,
+    served_runtime,
 )
 from tests.test_training_pipeline import tiny_config
 from training.modeling import load_tokenizer, merged_from_adapter, predict_ids, predict_proba
@@ -86,7 +92,7 @@ def run_export_cli(tiny_registered, tmp_path, *overrides: str) -> tuple[subproce
         "export.export",
         "model_uri=models:/tiny-sentiment@champion",
         "bento_model=tiny-onnx",
-        "calibration_samples=8",
+        "search_samples=8",
         "golden_size=8",
         f"report={tmp_path / 'parity.json'}",
         *overrides,
@@ -124,7 +130,7 @@ def test_damaged_model_is_refused(tiny_registered, tmp_path):
                 pending.append(producers[name])
     assert len(damaged) == 2, damaged  # weight and bias
     onnx.save(graph, onnx_dir / FP32_FILE)
-    export = ExportConfig(int8_candidates=[], calibration_samples=0, timing_samples=4)
+    export = ExportConfig(int8_candidates=[], search_samples=0, timing_samples=4)
     results = evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
     with pytest.raises(ParityError, match="fp32 export disagrees"):
         choose(results)
@@ -134,16 +140,47 @@ def test_int8_that_misses_the_gate_falls_back_to_fp32(tiny_registered, tmp_path)
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
     impossible = ExportConfig(
-        int8_candidates=["int8-dynamic", "int8-static-qdq"], min_agreement=1.01, calibration_samples=8, timing_samples=4
+        int8_candidates=["int8-dynamic", "int8-static-qdq"], min_agreement=1.01, search_samples=8, timing_samples=4
     )
     results = evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], impossible)
     assert set(results) == {"fp32", "int8-dynamic", "int8-static-qdq"}
-    served, warning = choose(results)
-    assert served is None and "fp32 is served" in warning and "agreement" in warning
-    passing = ExportConfig(
-        int8_candidates=["int8-dynamic"], min_agreement=0.0, max_accuracy_drop=1.0, calibration_samples=8
-    )
-    assert choose(evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], passing))[0] == "int8-dynamic"
+    shipped, warning = choose(results)
+    assert shipped == [] and "fp32 is served" in warning and "agreement" in warning
+    passing = ExportConfig(int8_candidates=["int8-dynamic"], min_agreement=0.0, max_accuracy_drop=1.0, search_samples=8)
+    assert choose(evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], passing))[0] == ["int8-dynamic"]
+
+
+def test_ships_the_fastest_and_the_most_faithful_int8_file():
+    ok = {"failures": []}
+    results = {
+        "fp32": ok | {"ms_per_review": 20.0, "agreement": 1.0},
+        "fast": ok | {"ms_per_review": 10.0, "agreement": 0.996},
+        "faithful": ok | {"ms_per_review": 15.0, "agreement": 0.999},
+        "refused": {"failures": ["agreement"], "ms_per_review": 5.0, "agreement": 0.9},
+    }
+    assert choose(results) == (["fast", "faithful"], None)
+    assert choose({k: v for k, v in results.items() if k != "faithful"}) == (["fast"], None)
+
+
+def test_rescoring_margin_covers_every_flip_seen_and_fp32_answers_below_it(tiny_registered, tmp_path):
+    reference = np.array([[0.9, 0.1], [0.45, 0.55], [0.2, 0.8], [0.6, 0.4]])
+    candidate = np.array([[0.8, 0.2], [0.58, 0.42], [0.3, 0.7], [0.35, 0.65]])  # flips 2: margins 0.16 and 0.30
+    assert rescore_margin(reference, candidate, step=0.05) == pytest.approx(0.35)
+    assert rescore_margin(reference, reference, step=0.05) == pytest.approx(0.05)  # no flip: one step
+    t = tiny_registered
+    onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
+    export = ExportConfig(int8_candidates=["int8-fused-rescored"], min_agreement=0.0, search_samples=8)
+    results = evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
+    assert results["int8-fused-rescored"]["rescore_below"] > 0  # chosen on the 8 held-out reviews
+    fp32 = OnnxTextClassifier(onnx_dir, FP32_FILE)
+    int8 = OnnxTextClassifier(onnx_dir, "int8-fused-rescored.onnx")
+    ids = t["ids"][:16]
+    for below in (0.0, 0.05, 1.01):  # never, where int8 is unsure, always (a margin is at most 1)
+        rescored = OnnxTextClassifier(onnx_dir, int8.model_file, rescorer=fp32, rescore_below=below).predict_ids(ids)
+        plain = int8.predict_ids(ids)
+        unsure = top_two_margin(plain) < below
+        np.testing.assert_allclose(rescored[unsure], fp32.predict_ids(ids)[unsure], atol=1e-6)
+        np.testing.assert_allclose(rescored[~unsure], plain[~unsure], atol=1e-6)
 
 
 def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
@@ -151,48 +188,63 @@ def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (model_yaml,) = (tmp_path / "bentoml" / "models" / "tiny-onnx").glob("*/model.yaml")
     files = {p.name for p in model_yaml.parent.iterdir()}
-    assert {FP32_FILE, INT8_FILE, GOLDEN_FILE, PROFILE_FILE, "tokenizer.json", "classifier.json"} <= files
+    assert {FP32_FILE, INT8_MANIFEST, GOLDEN_FILE, PROFILE_FILE, "tokenizer.json", "classifier.json"} <= files
+    report = json.loads((tmp_path / "parity.json").read_text())
+    shipped = [f.recipe for f in int8_files(model_yaml.parent)]
+    assert shipped == report["shipped"] and 1 <= len(shipped) <= 2 and set(shipped) <= set(DEFAULTS)
+    assert {f"{name}.onnx" for name in shipped} <= files
     profile = json.loads((model_yaml.parent / PROFILE_FILE).read_text())
     assert profile["n"] == 32 and sum(profile["features"]["tokens"]["shares"]) == pytest.approx(1.0)
     metadata = model_yaml.read_text()
-    assert "mlflow_version: '1'" in metadata and f"variant: {DEFAULT}" in metadata
-    report = json.loads((tmp_path / "parity.json").read_text())
-    assert report["served"] == DEFAULT and report["variants"]["fp32"]["agreement"] == 1.0
-    assert report["variants"]["fp32"]["n"] == len(tiny_registered["ids"]) - 8  # calibration rows held out
+    assert "mlflow_version: '1'" in metadata and f"variant: {shipped[0]}" in metadata
+    assert report["served"] == shipped[0] and report["variants"]["fp32"]["agreement"] == 1.0
+    assert report["variants"]["fp32"]["n"] == len(tiny_registered["ids"]) - 8  # the search rows held out
+    assert all(r["ms_per_review"] > 0 for r in report["variants"].values())
     again, _ = run_export_cli(tiny_registered, tmp_path, "--if-missing")
     assert again.returncode == 0 and "skipping export" in again.stdout
+
+
+def test_the_serving_cpu_prefers_the_most_faithful_file_unless_another_is_enough_faster():
+    files = {"faithful": {"agreement": 1.0}, "fast": {"agreement": 0.99}}
+    assert prefer(files, {"fp32": 20, "faithful": 12, "fast": 11}, 0.10) == "faithful"  # 8% faster: no switch
+    assert prefer(files, {"fp32": 20, "faithful": 12, "fast": 10.8}, 0.10) == "fast"  # 10% faster
+    assert prefer(files, {"fp32": 20, "faithful": 19, "fast": 18.5}, 0.10) == "fp32"  # int8 no faster here
+    assert prefer(files, {"fp32": 20, "fast": 10}, 0.10) == "fast"  # only timed files compete (faithful strayed)
 
 
 def test_selfcheck_serves_fp32_first_then_int8_unless_it_strays_on_this_cpu(tiny_registered, tmp_path):
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
-    export = ExportConfig(int8_candidates=["int8-dynamic"], calibration_samples=8, timing_samples=4)
+    export = ExportConfig(int8_candidates=["int8-dynamic"], search_samples=8, timing_samples=4)
     evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
-    (onnx_dir / "int8-dynamic.onnx").rename(onnx_dir / INT8_FILE)
+    save_int8_files(onnx_dir / INT8_MANIFEST, [Int8File("int8-dynamic", "int8-dynamic.onnx")])
     golden = t["ids"][:16]
     fp32 = OnnxTextClassifier(onnx_dir, FP32_FILE).predict_ids(golden)
     save_golden(onnx_dir / GOLDEN_FILE, golden, fp32)
-    # A tiny model's probabilities sit near 0.5, where int8 may flip every label: only the distance is checked
-    limits = SelfCheckLimits(min_agreement=0.0, max_mean_abs_diff=0.5)
+    # A tiny model's probabilities sit near 0.5, where int8 may flip every label: only the distance is checked; and
+    # a tiny model's int8 need not be faster than its fp32, so speed is not asked for (min_speedup: any)
+    limits = SelfCheckLimits(min_agreement=0.0, max_mean_abs_diff=0.5, min_speedup=-1e9)
     runtime, check = load_classifier(onnx_dir, limits)
-    assert check.passed and check.served == "int8" and runtime.model_file == INT8_FILE
+    assert check.passed and (check.served, check.recipe) == ("int8", "int8-dynamic")
+    assert runtime.model_file == "int8-dynamic.onnx" and check.files["fp32"]["ms_per_review"] > 0
+    assert served_runtime(onnx_dir, check.recipe).model_file == runtime.model_file  # the explainer's copy
     info = SimpleNamespace(tag="tiny-onnx:1", metadata={"selfcheck": asdict(limits)})
     stored = SimpleNamespace(path=str(onnx_dir), info=info)
     at_start = CheckedModel.reference(stored)  # what the classifier answers with while the check runs
     assert at_start.runtime.model_file == FP32_FILE
     assert (at_start.check.served, at_start.check.finished) == ("fp32", False)
-    assert at_start.checked(stored).runtime.model_file == INT8_FILE  # what takes over once it has passed
+    assert at_start.checked(stored).runtime.model_file == "int8-dynamic.onnx"  # what takes over once it has passed
     opposite = np.eye(2)[1 - fp32.argmax(1)]  # a reference this CPU's int8 cannot match
     save_golden(onnx_dir / GOLDEN_FILE, golden, opposite)
     runtime, check = load_classifier(onnx_dir, SelfCheckLimits())
     assert not check.passed and check.served == "fp32" and runtime.model_file == FP32_FILE
-    assert check.mean_abs_diff > 0.4 and "golden reviews" in check.detail
+    assert check.files["int8-dynamic"]["mean_abs_diff"] > 0.4 and "golden reviews" in check.detail
 
 
 def test_a_prediction_does_not_depend_on_its_batch_mates(tiny_registered, tmp_path):
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
-    export = ExportConfig(int8_candidates=["int8-dynamic"], calibration_samples=8, timing_samples=4)
+    export = ExportConfig(int8_candidates=["int8-dynamic"], search_samples=8, timing_samples=4)
     evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
     for file in (FP32_FILE, "int8-dynamic.onnx"):
         runtime = OnnxTextClassifier(onnx_dir, file, workers=2)

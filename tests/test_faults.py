@@ -2,10 +2,9 @@
 
 What must hold: while a worker is down, /health says 503 and requests fail fast (no hang); 200 is back as soon as
 BentoML has restarted the worker; past the admission limit, requests get a fast 503 with Retry-After, none times
-out, and the service recovers.
+out, the admitted ones stay fast, and the service recovers.
 """
 
-import concurrent.futures
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from loadtests.common import bentoml_serve, running
+from loadtests.overload import OverloadConfig, drill
 from serving.settings import ServiceSettings
 from tests.conftest import free_port
 
@@ -114,21 +114,15 @@ def test_kill_9_of_a_worker_under_load(own_server, service):
     assert requests.post(f"{url}/predict", json={"text": REVIEW}).status_code == 200
 
 
-def test_overload_gets_fast_503s_with_retry_after_and_recovers(own_server):
+def test_overload_sheds_fast_and_keeps_the_admitted_fast(own_server):
+    """64 closed-loop clients of real reviews: admitted p95 within twice the 250 ms target, shed p95 within twice the
+    50 ms target (twice: a loaded CI machine), only 200 and 503 + Retry-After, no review the cascade answers alone
+    shed, and a normal answer afterwards."""
     url, _ = own_server
-    long_review = REVIEW * 20
-
-    def one(_):
-        started = time.monotonic()
-        response = requests.post(f"{url}/predict", json={"text": long_review}, timeout=60)
-        return response.status_code, response.headers.get("retry-after"), time.monotonic() - started
-
-    with concurrent.futures.ThreadPoolExecutor(64) as pool:
-        results = list(pool.map(one, range(256)))
-    statuses = [status for status, _, _ in results]
-    print({s: statuses.count(s) for s in set(statuses)})
-    assert set(statuses) <= {200, 503}, statuses
-    assert statuses.count(503) > 0 and statuses.count(200) > 0
-    assert all(retry == "1" for status, retry, _ in results if status == 503)
-    assert max(seconds for status, _, seconds in results if status == 503) < FAIL_FAST_S
-    assert requests.post(f"{url}/predict", json={"text": REVIEW}).status_code == 200  # recovered
+    summary = drill(url, OverloadConfig(clients=64, seconds=10, reviews=200))
+    print(summary)
+    assert set(summary["statuses"]) <= {"200", "503"}, summary["statuses"]  # no timeouts, no refusals
+    assert summary["shed"]["n"] > 0 and summary["shed_with_retry_after"] == summary["shed"]["n"]
+    assert summary["admitted"]["p95_ms"] <= 2 * 250 and summary["shed"]["p95_ms"] <= 2 * 50
+    assert summary["lexical_reviews_shed"] == 0 and summary["paths"].get("lexical", 0) > 0
+    assert summary["status_after"] == 200

@@ -28,7 +28,7 @@ from training.train import run as train
 pytestmark = pytest.mark.timeout(600)
 EXPORT = {  # the tiny-model settings of tests/test_export.py: int8 may flip a near-random model's labels
     "bento_model": "tiny-onnx",
-    "calibration_samples": 8,
+    "search_samples": 8,
     "golden_size": 8,
     "timing_samples": 4,
     "profile_texts": 0,

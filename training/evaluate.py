@@ -259,21 +259,24 @@ def ui_examples(
 
 
 def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any]:
-    """Score the test split with the ONNX file the BentoML model serves (int8 when it ships one, else fp32),
+    """Score the test split with the file the BentoML model serves on this CPU (the service's self-check chooses it),
     through the service's own runtime; writes `reports/<name>/served.json` and the web UI's example reviews."""
     import bentoml
 
-    from serving.runtime import OnnxTextClassifier, cpu_flags
+    from serving.runtime import cpu_flags
     from serving.schemas import UI_EXAMPLES_FILE
-    from serving.selfcheck import FP32_FILE, INT8_FILE
+    from serving.selfcheck import SelfCheckLimits, load_classifier
     from training.data import load_data
 
     model = bentoml.models.get(bento_model)
     test = load_data(config.data).splits["test"]
     labels = np.array(test["label"])
-    result = {"bento_model": str(model.tag), "variant": model.info.metadata["variant"], "cpu": cpu_flags()}
-    name = INT8_FILE if (Path(model.path) / INT8_FILE).exists() else FP32_FILE
-    probs = OnnxTextClassifier(model.path, name).predict_proba(test["text"])
+    transformer, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
+    result = {"bento_model": str(model.tag), "variant": check.recipe or "fp32", "cpu": cpu_flags()}
+    name = transformer.model_file
+    if transformer.rescorer is not None:  # the answers int8 is unsure of come from fp32
+        result["fp32_rescores_below_margin"] = transformer.rescore_below
+    probs = transformer.predict_proba(test["text"])
     label_names = model.info.metadata["label_names"]
     metrics = classification_metrics(labels, probs.argmax(1), label_names)
     result |= {"file": name, "test": {key: metrics[key] for key in ("accuracy", "macro_f1", "n")}}
