@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM ?= true
 
 .PHONY: install lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
-	loadtest benchmark overload soak score ab-traffic ab-report report mlflow-ui notebook test all
+	loadtest benchmark overload read-length soak score ab-traffic ab-report report mlflow-ui notebook test all
 
 install:  ## .venv from requirements.txt (torch is the CPU build); Debian's chromium (UI test) and Java (Spark)
 	python3.11 -m venv .venv
@@ -99,6 +99,9 @@ loadtest: model  ## Locust, headless, several user counts -> reports/loadtest/
 
 benchmark: model  ## ONNX ceiling vs service (batching on/off) vs FastAPI+transformers -> reports/benchmark/
 	$(PYTHON) -m loadtests.benchmark
+
+read-length: model  ## the served file reading 256 vs 384 tokens on validation: accuracy, ms/review -> reports/experiments/read-length/
+	$(PYTHON) -m export.read_length $(ARGS)
 
 overload: model  ## 64 closed-loop clients at once: admitted vs shed latency, 503 + Retry-After -> reports/overload/
 	$(PYTHON) -m loadtests.overload $(ARGS)

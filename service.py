@@ -35,7 +35,10 @@ IMAGE = (
 )
 
 check_workers_every(SETTINGS.worker_check_s)  # a killed worker is back in seconds (BentoML's default: 10 s)
-app = FastAPI(title="imdb-sentiment", description=__doc__)
+# BentoML's own middleware traces and meters every request: FastAPI's native telemetry would do it a second time
+app = FastAPI(
+    title="imdb-sentiment", description=__doc__, telemetry={"tracing": False, "metrics": False, "logs": False}
+)
 errors.install(app, max_body_bytes=SETTINGS.max_body_bytes)
 UI = DeferredApp("the web UI")  # Gradio, built after start: its import alone takes seconds
 app.mount("/ui", UI)

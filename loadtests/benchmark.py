@@ -42,11 +42,13 @@ from serving.selfcheck import SelfCheckLimits, load_classifier
 OUT = ROOT / "reports" / "benchmark"
 MODES = ["cascade", "ensemble", "transformer"]
 TARGET_P95_MS = 100.0
+TARGET_CONCURRENCY = 4  # the default mode keeps p95 under the target for at least this many clients
+TARGET_TIMES_NAIVE = 6.0  # and serves there at least this many times the naive peer's peak requests/s
 
 
 async def closed_loop(url: str, texts: list[str], concurrency: int, seconds: float) -> dict:
-    """`url`: the predict endpoint, with its query."""
-    """`concurrency` clients each sending one review, waiting for the answer, and sending the next."""
+    """`concurrency` clients each sending one review to `url` (the predict endpoint, with its query), waiting for the
+    answer, and sending the next."""
     latencies: list[float] = []
     failures = 0
     cycle = itertools.cycle(texts)
@@ -144,8 +146,12 @@ def deadline_sweep(texts: list[str], deadlines_ms: list[int], concurrency: int, 
     return rows
 
 
+def holding(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["p95_ms"] < TARGET_P95_MS and r["failures"] == 0]
+
+
 def best_under_target(rows: list[dict]) -> dict | None:
-    ok = [r for r in rows if r["p95_ms"] < TARGET_P95_MS and r["failures"] == 0]
+    ok = holding(rows)
     return max(ok, key=lambda r: r["rps"]) if ok else None
 
 
@@ -233,6 +239,7 @@ def write_report(
             "max_rps": best["rps"] if best else 0.0,
             "p95_ms": best["p95_ms"] if best else None,
             "concurrency": best["concurrency"] if best else None,
+            "max_concurrency_holding": max((r["concurrency"] for r in holding(group.to_dict("records"))), default=0),
             "peak_rps": float(peak.rps),
             "p95_ms_at_peak": float(peak.p95_ms),
         }
@@ -314,8 +321,10 @@ In-process, same reviews, no HTTP, the {ceiling["served"]} file the service serv
 batches of 32 run as the service runs an adaptive batch (each mode's ceiling); accuracy: each mode on these
 reviews. The transformer alone on one review: p50 {ceiling["transformer_single_p50_ms"]:.1f} ms. The service's
 default mode is **{default}**.
-Adaptive batching in the default mode vs its ceiling: **{result["ratio_batching_to_ceiling"]:.2f}** (target >= 0.80);
-vs the naive peer: {naive_ratio} (target >= 4x); at each one's peak, whatever its latency,
+The default mode keeps p95 under {TARGET_P95_MS:.0f} ms up to **{batching["max_concurrency_holding"]} concurrent
+clients** (target >= {TARGET_CONCURRENCY}); its best within the target vs the naive peer: {naive_ratio} (target >=
+{TARGET_TIMES_NAIVE:.0f}x the peer's peak); vs its in-process ceiling: **{result["ratio_batching_to_ceiling"]:.2f}**;
+at each one's peak, whatever its latency,
 {batching["peak_rps"]:.1f} vs {naive["peak_rps"]:.1f} requests/s: **{result["peak_ratio_batching_to_naive"]:.1f}x**.
 
 The API process's own cost per request, on the {overhead["reviews"]} of these reviews the cascade answers without the

@@ -2,9 +2,9 @@
 sends a batch as soon as the previous one is done: `serving/batching.py`).
 
 `classify` answers for the champion and `classify_challenger` for an A/B challenger (each batched on its own queue);
-each model serves its fp32 file at once and its int8 file once the int8 self-check on this CPU has passed, checked
-in the background so that start does not wait for it (`selfcheck.CheckedModel`). The API service calls it through
-`serving/gateway.py`.
+each model serves its fp32 file at once and, once the self-check on this CPU has scored and timed its int8 files, the
+one it chose, checked in the background so that start does not wait for it (`selfcheck.CheckedModel`). The API
+service calls it through `serving/gateway.py`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class OnnxClassifier:
         threading.Thread(target=self.check_int8, args=(served,), name="int8-selfcheck", daemon=True).start()
 
     def check_int8(self, served: list[tuple[VariantName, StoredModel]]) -> None:
-        """int8 takes over from fp32 where its self-check passes on this CPU; fp32 stays, with the reason, if not."""
+        """The int8 file chosen on this CPU takes over from fp32; fp32 stays, with the reason, if none is chosen."""
         for name, model in served:
             if self.loaded[name].check.finished:
                 continue
@@ -99,7 +99,7 @@ class OnnxClassifier:
 
     @bentoml.api
     async def status(self) -> dict:  # async: answered on the event loop, never queued behind `classify`
-        """The champion's file served and int8 self-check on this CPU (the challenger's beside), and the batches run."""
+        """The champion's file served and its self-check on this CPU (the challenger's beside), and the batches run."""
         status = self.loaded[CHAMPION].describe() | {"classify_calls": self.calls, "classified_texts": self.texts}
         if CHALLENGER in self.loaded:
             status[CHALLENGER] = self.loaded[CHALLENGER].describe()

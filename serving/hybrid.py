@@ -53,8 +53,6 @@ class LexicalModel:
         return np.concatenate(parts).astype(np.float64)
 
 
-
-
 def ensemble(lexical: np.ndarray, transformer: np.ndarray, weight: float) -> np.ndarray:
     """Weighted average of log-probabilities (a product of experts), renormalised."""
     eps = np.finfo(np.float64).tiny

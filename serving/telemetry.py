@@ -139,10 +139,14 @@ class RequestTelemetry:
         self.unobserved.clear()
 
     def record(self, request: RequestRecord, texts: list[str], predictions: list[Prediction]) -> None:
-        """Metrics and the log line of one answered request; the drift monitor sees the champion's answers only (its
-        reference profile is the champion's)."""
-        variant, shadow = request.variant, str(request.shadow).lower()
+        """Metrics and the log line of one answered request, written on the event loop's next turn, once the answer
+        has gone out: no client waits for them. Call from the event loop."""
         latency_s = time.perf_counter() - request.started
+        asyncio.get_running_loop().call_soon(self._write, request, texts, predictions, latency_s)
+
+    def _write(self, request: RequestRecord, texts: list[str], predictions: list[Prediction], latency_s: float) -> None:
+        """The drift monitor sees the champion's answers only (its reference profile is the champion's)."""
+        variant, shadow = request.variant, str(request.shadow).lower()
         self.requests.labels(variant=variant, shadow=shadow).inc()
         self.latency.labels(variant=variant, shadow=shadow).observe(latency_s)
         for prediction in predictions:
