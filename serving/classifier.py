@@ -52,7 +52,7 @@ class OnnxClassifier:
         self.calls = self.texts = 0
         served = [(name, model) for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)) if model]
         for name, model in served:
-            self.use(name, CheckedModel.reference(model, SETTINGS.workers))
+            self.use(name, CheckedModel.reference(model, SETTINGS.workers, SETTINGS.lone_text_spinning))
         threading.Thread(target=self.check_int8, args=(served,), name="int8-selfcheck", daemon=True).start()
 
     def check_int8(self, served: list[tuple[VariantName, StoredModel]]) -> None:
@@ -94,7 +94,8 @@ class OnnxClassifier:
     @bentoml.api
     def reload(self, variant: str, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
         """Serve the store's model `tag` as `variant` from now on."""
-        self.use(variant, CheckedModel.load(bentoml.models.get(tag), SETTINGS.workers))  # type: ignore[arg-type]
+        loaded = CheckedModel.load(bentoml.models.get(tag), SETTINGS.workers, SETTINGS.lone_text_spinning)
+        self.use(variant, loaded)  # type: ignore[arg-type]
         return self.loaded[variant].describe()
 
     @bentoml.api

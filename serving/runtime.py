@@ -59,10 +59,12 @@ class OnnxTextClassifier:
         workers: int | None = None,
         rescorer: OnnxTextClassifier | None = None,
         rescore_below: float = 0.0,
+        spin: bool = True,
     ):
         model_dir = Path(model_dir)
         self.rescorer, self.rescore_below = rescorer, rescore_below
         self.workers = workers or os.cpu_count() or 1
+        self.spin = spin  # a lone text's threads wait spinning for the next run: faster, and busy on every core
         info = json.loads((model_dir / CONFIG_FILE).read_text())
         self.label_names: list[str] = info["label_names"]
         self.encoding = EncodingConfig(**info["encoding"])
@@ -71,7 +73,7 @@ class OnnxTextClassifier:
         self.path = path = str(model_dir / model_file)
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx")
         # a lone text: all cores; many texts: one core each. Built side by side (ORT releases the GIL): half the wait
-        single = self.pool.submit(self._session, path, self.workers)
+        single = self.pool.submit(self._session, path, self.workers, spin)
         self.parallel = self._session(path, threads=1)
         self.single = single.result()
         self.input_names = {i.name for i in self.single.get_inputs()}
@@ -92,8 +94,10 @@ class OnnxTextClassifier:
         """This classifier with an all-cores session whose threads sleep as soon as a run ends, to rescore another
         file's answers: that file's threads spin for a while after its run, and this one's would compete with them
         for the cores (measured: a rescored review then costs about three fp32 runs). Shares everything else."""
+        if not self.spin:
+            return self
         quiet = copy.copy(self)
-        quiet.single = self._session(self.path, self.workers, spin=False)
+        quiet.single, quiet.spin = self._session(self.path, self.workers, spin=False), False
         return quiet
 
     def logits(self, session: ort.InferenceSession, ids: list[int]) -> np.ndarray:

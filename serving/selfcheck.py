@@ -79,9 +79,13 @@ def int8_files(model_dir: Path) -> list[Int8File]:
 def int8_runtime(
     model_dir: Path, int8: Int8File, fp32: OnnxTextClassifier | None, workers: int | None = None
 ) -> OnnxTextClassifier:
-    """The int8 file as served: with `fp32` re-scoring the answers it is unsure of, where its recipe says so."""
+    """The int8 file as served: with `fp32` re-scoring the answers it is unsure of, where its recipe says so, and
+    threaded as `fp32` is."""
     rescorer = fp32.quiet() if fp32 is not None and int8.rescore_below > 0 else None
-    return OnnxTextClassifier(model_dir, int8.file, workers, rescorer=rescorer, rescore_below=int8.rescore_below)
+    spin = fp32.spin if fp32 is not None else True
+    return OnnxTextClassifier(
+        model_dir, int8.file, workers, rescorer=rescorer, rescore_below=int8.rescore_below, spin=spin
+    )
 
 
 def served_runtime(model_dir: str | Path, recipe: str | None, workers: int | None = None) -> OnnxTextClassifier:
@@ -163,13 +167,14 @@ class CheckedModel:
     check: SelfCheck
 
     @classmethod
-    def load(cls, model: StoredModel, workers: int | None = None) -> CheckedModel:
-        return cls.reference(model, workers).checked(model, workers)
+    def load(cls, model: StoredModel, workers: int | None = None, spin: bool = True) -> CheckedModel:
+        return cls.reference(model, workers, spin).checked(model, workers)
 
     @classmethod
-    def reference(cls, model: StoredModel, workers: int | None = None) -> CheckedModel:
-        """The fp32 file, to serve while int8 is checked (`checked`): no golden set scored, so ready at once."""
-        fp32 = OnnxTextClassifier(model.path, FP32_FILE, workers)
+    def reference(cls, model: StoredModel, workers: int | None = None, spin: bool = True) -> CheckedModel:
+        """The fp32 file, to serve while int8 is checked (`checked`): no golden set scored, so ready at once. The int8
+        files checked later are threaded as it is."""
+        fp32 = OnnxTextClassifier(model.path, FP32_FILE, workers, spin=spin)
         if not int8_files(Path(model.path)):
             return cls(str(model.info.tag), fp32, SelfCheck("fp32", None, None, 0, False, NO_INT8))
         running = "the int8 self-check is running: fp32 serves until then"

@@ -24,11 +24,14 @@ class ServiceSettings:
     max_batch_size: int = 64
     max_latency_ms: int = 5000
     classify_timeout_s: int = 3  # beyond the batching deadline, how long a call to the classifier may take
-    max_queue_ms: float = 150.0  # texts that would wait longer for the transformer get a fast 503 + Retry-After
     max_in_flight: int = 48  # requests waiting for the transformer past this get a fast 503 + Retry-After too
     adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
     worker_check_s: float = 1.0  # how often BentoML's supervisor respawns a dead worker (its own default: 10 s)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ONNX Runtime threads
+    # whether the threads of a review that reaches the classifier alone wait spinning for the next run: slightly faster
+    # alone, but they keep every core busy after each run, against the API process and the other reviews
+    lone_text_spinning: bool = False
+    max_queue_ms: float = 150.0  # texts that would wait longer for the transformer get a fast 503 + Retry-After
     log_text: bool = False  # raw review text in the request log
     explain_max_evals: int = 64  # SHAP's budget per /explain (each response reports its elapsed_ms)
     max_explain_in_flight: int = 1  # explanations past this get a fast 503 (they never slow /predict's queue)
