@@ -265,8 +265,9 @@ def readme_results(metrics: dict, evaluation, parity, benchmark, loadtest, conta
         chosen = parity["variants"][parity["served"]]
         rows.append(
             f"| ONNX served: {parity['served']}, accuracy (agreement with PyTorch) on {chosen['n']:,} validation "
-            f"reviews; ms/review | {chosen['accuracy']:.4f} ({chosen['agreement']:.4f}); {chosen['ms_per_review']:.1f} "
-            f"| `reports/export/parity.json` |"
+            f"reviews; ms/review vs fp32 (`{parity['cpu']}`) | {chosen['accuracy']:.4f} ({chosen['agreement']:.4f}); "
+            f"{chosen['ms_per_review']:.1f} vs {parity['variants']['fp32']['ms_per_review']:.1f} "
+            f"({chosen['x_fp32']:.2f}x) | `reports/export/parity.json` |"
         )
     if benchmark:
         best = benchmark["systems"][benchmark["default_system"]]

@@ -92,8 +92,8 @@ class OnnxTextClassifier:
 
     def quiet(self) -> OnnxTextClassifier:
         """This classifier with an all-cores session whose threads sleep as soon as a run ends, to rescore another
-        file's answers: that file's threads spin for a while after its run, and this one's would compete with them
-        for the cores (measured: a rescored review then costs about three fp32 runs). Shares everything else."""
+        file's answers: that file's threads may still spin after its run, and spinning threads of this one would fight
+        them for the cores (the rescored share then costs several fp32 runs each). Shares everything else."""
         if not self.spin:
             return self
         quiet = copy.copy(self)
