@@ -11,23 +11,19 @@ def test_an_empty_queue_admits_any_batch_and_a_full_one_sheds_by_expected_wait()
     admission = TransformerAdmission(max_queue_ms=100, max_in_flight=48, ms_per_text=10)
     with admission.admit(64):  # a whole batch onto an empty queue: admitted, however long it takes
         assert admission.queued_texts == 64
-        with pytest.raises(ApiError) as shed:
-            with admission.admit(1):
-                pass
+        with pytest.raises(ApiError) as shed, admission.admit(1):
+            pass
         assert shed.value.status == 503 and "would take about 650 ms" in shed.value.error
     assert admission.queued_texts == 0 and admission.in_flight == 0
 
 
 def test_a_batch_weighs_its_texts_and_requests_past_the_count_limit_are_shed():
     admission = TransformerAdmission(max_queue_ms=100, max_in_flight=2, ms_per_text=10)
-    with admission.admit(1):
-        with admission.admit(8):  # (1 + 8) x 10 ms = 90 ms: admitted
-            with pytest.raises(ApiError, match="would take"):
-                with admission.admit(2):  # (9 + 2) x 10 ms = 110 ms: shed
-                    pass
-            with pytest.raises(ApiError, match="over 2 requests in flight"):
-                with admission.admit(0):
-                    pass
+    with admission.admit(1), admission.admit(8):  # (1 + 8) x 10 ms = 90 ms: admitted
+        with pytest.raises(ApiError, match="would take"), admission.admit(2):  # (9 + 2) x 10 ms = 110 ms: shed
+            pass
+        with pytest.raises(ApiError, match="over 2 requests in flight"), admission.admit(0):
+            pass
 
 
 def test_the_cost_of_a_text_is_learned_from_answers_and_failures_teach_nothing():
@@ -36,7 +32,6 @@ def test_the_cost_of_a_text_is_learned_from_answers_and_failures_teach_nothing()
         pass
     learned = admission.ms_per_text
     assert learned < 1e6  # moved from the first guess toward what the answer took
-    with pytest.raises(RuntimeError):
-        with admission.admit(4):
-            raise RuntimeError("the classifier failed")
+    with pytest.raises(RuntimeError), admission.admit(4):
+        raise RuntimeError("the classifier failed")
     assert admission.ms_per_text == learned and admission.queued_texts == 0
