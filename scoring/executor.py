@@ -23,12 +23,13 @@ PREDICTION_COLUMNS = [column.split()[0] for column in PREDICTION_SCHEMA.split(",
 
 
 class ExecutorModel:
-    """The hybrid as the service runs it, with the int8 self-check run on this executor's own CPU."""
+    """The hybrid as the service runs it, with the file the driver chose (`recipe`; "fp32": fp32) if it passes the
+    self-check on this executor's own CPU, else fp32."""
 
-    def __init__(self, folder: str, mode: str, limits: SelfCheckLimits, threads: int):
+    def __init__(self, folder: str, mode: str, limits: SelfCheckLimits, threads: int, recipe: str):
         self.router = HybridRouter(folder, mode)
         self.transformer: OnnxTextClassifier
-        self.transformer, check = load_classifier(folder, limits, workers=threads)
+        self.transformer, check = load_classifier(folder, limits, workers=threads, recipe=recipe)
         self.variant = check.served
 
     def score(self, texts: pd.Series, model_version: str) -> pd.DataFrame:
@@ -46,9 +47,9 @@ class ExecutorModel:
 
 
 @functools.cache
-def executor_model(folder: str, mode: str, limits: SelfCheckLimits, threads: int) -> ExecutorModel:
+def executor_model(folder: str, mode: str, limits: SelfCheckLimits, threads: int, recipe: str) -> ExecutorModel:
     """Once per Python worker (Spark reuses workers across tasks), not once per batch."""
-    return ExecutorModel(folder, mode, limits, threads)
+    return ExecutorModel(folder, mode, limits, threads, recipe)
 
 
 def score_batches(
@@ -56,13 +57,14 @@ def score_batches(
     folder_name: str,
     mode: str,
     limits: SelfCheckLimits,
+    recipe: str,
     text_column: str,
     model_version: str,
 ) -> Iterator[pd.DataFrame]:
     """`mapInPandas`'s function: every batch of rows with its predictions added. `limits`: the self-check's, as the
-    export stored them with the model (the service reads the same)."""
+    export stored them with the model (the service reads the same); `recipe`: the file the driver chose."""
     from pyspark import SparkFiles, TaskContext
 
-    model = executor_model(SparkFiles.get(folder_name), mode, limits, threads=TaskContext.get().cpus())
+    model = executor_model(SparkFiles.get(folder_name), mode, limits, TaskContext.get().cpus(), recipe)
     for frame in batches:
         yield pd.concat([frame, model.score(frame[text_column], model_version)], axis=1)

@@ -26,7 +26,7 @@ from pathlib import Path
 from scoring.executor import PREDICTION_SCHEMA, score_batches
 from serving.hybrid import HybridRouter
 from serving.runtime import cpu_flags
-from serving.selfcheck import SelfCheckLimits
+from serving.selfcheck import SelfCheckLimits, load_classifier
 from training.config import command_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,9 @@ def run(config: ScoreConfig) -> dict:
     model = bentoml.models.get(config.model)
     metadata = model.info.metadata
     model_version = f"{metadata['mlflow_model']}:{metadata['mlflow_version']}"
+    limits = SelfCheckLimits(**metadata["selfcheck"])
+    # the file the service would serve on this CPU, chosen once: each executor only re-checks it on its own CPU
+    recipe = load_classifier(model.path, limits)[1].recipe or "fp32"
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the executors' Python: this one, unless told theirs
     with tempfile.TemporaryDirectory() as folder:  # the code archive must outlive the job: executors fetch it late
         spark = (
@@ -100,7 +103,8 @@ def run(config: ScoreConfig) -> dict:
                 score_batches,
                 folder_name=Path(model.path).name,
                 mode=config.mode,
-                limits=SelfCheckLimits(**metadata["selfcheck"]),
+                limits=limits,
+                recipe=recipe,
                 text_column=config.text_column,
                 model_version=model_version,
             )
@@ -119,6 +123,7 @@ def run(config: ScoreConfig) -> dict:
         "seconds": round(seconds, 1),
         "rows_per_second": round(rows / seconds, 1),
         "variants": sorted(v for v in variants if v),
+        "recipe": recipe,
         "spark_cores": cores,
         "cpu": cpu_flags(),
     }

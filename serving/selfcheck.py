@@ -98,19 +98,26 @@ def served_runtime(model_dir: str | Path, recipe: str | None, workers: int | Non
 
 
 def load_classifier(
-    model_dir: str | Path, limits: SelfCheckLimits, workers: int | None = None
+    model_dir: str | Path, limits: SelfCheckLimits, workers: int | None = None, recipe: str | None = None
 ) -> tuple[OnnxTextClassifier, SelfCheck]:
-    """The file the service would serve on this CPU, and what the check measured (scoring, evaluation, benchmark)."""
+    """The file the service would serve on this CPU, and what the check measured (evaluation, benchmark); with
+    `recipe`, that file if it is faithful on this CPU, else fp32, timing nothing (Spark executors serve the file
+    their driver chose: their timings would differ)."""
     fp32 = OnnxTextClassifier(model_dir, FP32_FILE, workers)
-    return choose_on_this_cpu(Path(model_dir), limits, fp32, workers)
+    return choose_on_this_cpu(Path(model_dir), limits, fp32, workers, recipe)
 
 
 def choose_on_this_cpu(
-    model_dir: Path, limits: SelfCheckLimits, fp32: OnnxTextClassifier, workers: int | None = None
+    model_dir: Path,
+    limits: SelfCheckLimits,
+    fp32: OnnxTextClassifier,
+    workers: int | None = None,
+    recipe: str | None = None,
 ) -> tuple[OnnxTextClassifier, SelfCheck]:
-    """Each shipped int8 file scored on the golden set here; those within `limits` timed against `fp32`; the most
-    faithful one served unless another is `min_speedup` faster; `fp32` itself when none is faithful and faster."""
-    shipped = int8_files(model_dir)
+    """Each shipped int8 file (or only `recipe`) scored on the golden set here; those within `limits` timed against
+    `fp32`; the most faithful one served unless another is `min_speedup` faster; `fp32` itself when none is faithful
+    and faster. A `recipe` given is served if faithful, untimed."""
+    shipped = [f for f in int8_files(model_dir) if recipe in (None, f.recipe)]
     if not shipped:
         return fp32, SelfCheck("fp32", None, None, 0, False, NO_INT8)
     golden = np.load(model_dir / GOLDEN_FILE)
@@ -125,10 +132,13 @@ def choose_on_this_cpu(
         files[int8.recipe] = {"agreement": agreement, "mean_abs_diff": mean_abs_diff, "faithful": faithful}
         if faithful:
             runtimes[int8.recipe] = runtime
-    timed = ms_per_review({"fp32": fp32} | runtimes, ids[: limits.timing_reviews]) if runtimes else {}
-    for recipe, ms in timed.items():
-        files.setdefault(recipe, {})["ms_per_review"] = ms
-    served = prefer(files, timed, limits.min_speedup)
+    if recipe is not None:
+        timed, served = {}, recipe if recipe in runtimes else "fp32"
+    else:
+        timed = ms_per_review({"fp32": fp32} | runtimes, ids[: limits.timing_reviews]) if runtimes else {}
+        served = prefer(files, timed, limits.min_speedup)
+    for name, ms in timed.items():
+        files.setdefault(name, {})["ms_per_review"] = ms
     summary = "; ".join(
         f"{r}: agreement {f['agreement']:.4f}, mean |dp| {f['mean_abs_diff']:.4f}"
         + (f", {f['ms_per_review']:.1f} ms/review" if "ms_per_review" in f else "")

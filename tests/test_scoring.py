@@ -66,8 +66,8 @@ def test_spark_scores_the_test_split_as_the_runtime_does(tiny_export, data_dir, 
     scored = scored.iloc[:-2]
     (model_dir,) = (tiny_export / "models" / "tiny-onnx").glob("*/")
     router = HybridRouter(model_dir)
-    # one thread per session, as on each executor (one core per task): the same kernels, to the bit
-    transformer, check = load_classifier(model_dir, SelfCheckLimits(), workers=1)
+    # the file the driver chose, one thread per session as on each executor (one core per task): the same kernels
+    transformer, check = load_classifier(model_dir, SelfCheckLimits(), workers=1, recipe=report["recipe"])
     texts = reviews.text.tolist()
     lexical_probs = router.lexical.predict_proba(texts)
     expected = router.policy.decide(lexical_probs, transformer.predict_proba(texts))
