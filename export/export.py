@@ -191,9 +191,9 @@ def evaluate_variants(
             recipe, report = RECIPES[name], {"file": f"{name}.onnx"}
             quantize(recipe, onnx_dir / FP32_FILE, onnx_dir / report["file"], ids[search])
             runtime = OnnxTextClassifier(onnx_dir, report["file"])
-            if recipe.rescore_uncertain:
+            if recipe.rescore_uncertain:  # the margin from the held-out reviews, then the file as the service runs it
                 margin = rescore_margin(reference[search], runtime.predict_ids(ids[search]), export.rescore_step)
-                runtime.rescorer, runtime.rescore_below = fp32.quiet(), margin
+                runtime = int8_runtime(onnx_dir, Int8File(name, report["file"], margin), fp32)
         probabilities = runtime.predict_ids(ids[gated])
         report |= parity_report(reference[gated], probabilities, labels[gated])
         if runtime.rescorer is not None:

@@ -93,7 +93,7 @@ class OnnxTextClassifier:
     def quiet(self) -> OnnxTextClassifier:
         """This classifier with an all-cores session whose threads sleep as soon as a run ends, to rescore another
         file's answers: that file's threads may still spin after its run, and spinning threads of this one would fight
-        them for the cores (the rescored share then costs several fp32 runs each). Shares everything else."""
+        them for the cores. Shares everything else."""
         if not self.spin:
             return self
         quiet = copy.copy(self)
