@@ -3,7 +3,8 @@
 `SentimentAPI` is the public API on port 3000: strict validation with one JSON error shape and an OpenAPI document
 that states every limit, `/explain` (SHAP) and the web UI at `/ui` (Gradio). A request's path through the API process
 (A/B split, admission control, the lexical fast path, telemetry) is `serving/gateway.py`; the transformer runs in
-`OnnxClassifier` (`serving/classifier.py`), batched adaptively. Settings: `serving/settings.py`.
+`OnnxClassifier` (`serving/classifier.py`), batched adaptively. Optional API keys: `serving/access.py`. Settings:
+`serving/settings.py`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import bentoml
 from fastapi import Depends, FastAPI, Request, Response
 
 from serving import errors
+from serving.access import ApiKeys
 from serving.classifier import CHALLENGER_MODEL, MODEL, OnnxClassifier
 from serving.deferred import DeferredApp
 from serving.explain import Explanation
 from serving.gateway import Gateway
+from serving.intake import Intake
 from serving.schemas import SETTINGS, BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
 from serving.supervision import check_workers_every
 from serving.variants import CHALLENGER, CHAMPION
@@ -39,20 +42,31 @@ check_workers_every(SETTINGS.worker_check_s)  # a killed worker is back in secon
 app = FastAPI(
     title="imdb-sentiment", description=__doc__, telemetry={"tracing": False, "metrics": False, "logs": False}
 )
-errors.install(app, max_body_bytes=SETTINGS.max_body_bytes)
+errors.install(app)
+app.add_middleware(  # outermost: a request counts against the limit once its body is in
+    Intake,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    body_timeout_s=SETTINGS.body_timeout_s,
+    max_concurrency=SETTINGS.max_concurrency,
+)
 UI = DeferredApp("the web UI")  # Gradio, built after start: its import alone takes seconds
 app.mount("/ui", UI)
-JSON_ONLY = {"dependencies": [Depends(errors.require_json)], "responses": errors.ERROR_RESPONSES}
+KEYS = ApiKeys.of(SETTINGS)  # off unless API_KEYS or API_KEYS_FILE is set
+GUARDED = [Depends(KEYS.require)] if KEYS.enabled else []
+JSON_ONLY = {
+    "dependencies": [*GUARDED, Depends(errors.require_json)],
+    "responses": errors.ERROR_RESPONSES | (errors.UNAUTHORIZED if KEYS.enabled else {}),
+}
 
 
 def build_ui() -> FastAPI:
     from serving.ui import ui_app  # imports Gradio: in the API worker only, after start
 
-    return ui_app()
+    return ui_app(login=KEYS.ui_login if KEYS.enabled else None)
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(name="sentiment-api", image=IMAGE, workers=1, traffic={"timeout": 60, "max_concurrency": 512})
+@bentoml.service(name="sentiment-api", image=IMAGE, workers=1, traffic={"timeout": 60})
 class SentimentAPI:
     classifier = bentoml.depends(OnnxClassifier)
     model, challenger = MODEL, CHALLENGER_MODEL
@@ -91,7 +105,7 @@ class SentimentAPI:
         """Why: per-word SHAP attributions of the served decision on the words the transformer reads."""
         return await self.gateway.explain_text(body.text, mode)
 
-    @app.get("/health", responses={503: errors.ERROR_RESPONSES[503]})
+    @app.get("/health", responses={code: errors.ERROR_RESPONSES[code] for code in (500, 503)})
     async def health(self) -> dict:
         """200 once the classifier has its model loaded (with the variant it serves), 503 before or when down."""
         return await self.gateway.health() | {"ui": UI.state()}

@@ -4,9 +4,10 @@ Counting requests does not bound a wait: a `/predict_batch` of 64 texts costs 64
 file chosen on this CPU costs. So the API worker keeps the texts it has sent to the classifier and not had back, and
 the measured time the classifier takes per text while it has work (the time over the texts answered, in windows of
 at least `WINDOW_S` or to the end of a busy spell: answers of a batch come back together, and batches run texts side
-by side, so this is less than one call's latency); a request whose texts would wait past `max_queue_ms` gets a fast
-503 + Retry-After instead. A request onto an empty queue is always admitted,
-and one that the lexical model answers alone never comes here.
+by side, so this is less than one call's latency); a request whose texts would wait past `max_queue_ms` for the
+texts ahead of them gets a fast 503 + Retry-After instead. A request onto an empty queue is always admitted (whatever
+its size), a batch weighs its texts for the requests after it, and a review that the lexical model answers alone
+never comes here.
 """
 
 from __future__ import annotations
@@ -28,17 +29,18 @@ class TransformerAdmission:
         self.queued_texts = self.in_flight = 0
         self.mark, self.answered = 0.0, 0  # the start of the measurement window, and the texts answered since
 
-    def expected_wait_ms(self, texts: int) -> float:
-        return (self.queued_texts + texts) * self.ms_per_text
+    def expected_wait_ms(self) -> float:
+        """The time the texts ahead of a new request will take (its own texts are its own cost, not a wait)."""
+        return self.queued_texts * self.ms_per_text
 
     @contextmanager
     def admit(self, texts: int) -> Iterator[None]:
-        """Hold `texts` in the queue for the duration of the block, or raise a 503 when they would wait too long."""
-        if self.queued_texts and self.expected_wait_ms(texts) > self.max_queue_ms:
+        """Hold `texts` in the queue for the duration of the block, or raise a 503 when the queue ahead is too long."""
+        if (wait_ms := self.expected_wait_ms()) > self.max_queue_ms:
             raise errors.ApiError(
                 503,
-                f"the transformer's queue would take about {self.expected_wait_ms(texts):.0f} ms "
-                f"(limit {self.max_queue_ms:.0f} ms); retry shortly",
+                f"the transformer's queue would take about {wait_ms:.0f} ms (limit {self.max_queue_ms:.0f} ms); "
+                "retry shortly",
             )
         if self.in_flight >= self.max_in_flight:
             raise errors.ApiError(503, f"over {self.max_in_flight} requests in flight; retry shortly")

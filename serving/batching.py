@@ -8,6 +8,8 @@ long again, for minutes (in `make benchmark`, the transformer mode's single clie
 waited for batch-mates that never came). Waiting buys this classifier nothing: each text is its own ONNX Runtime
 call, spread over the cores, so a fuller batch is not cheaper per text. BentoML has no setting for it;
 `dispatch_when_free` keeps the queue, the batch size limit and the `max_latency_ms` deadline and drops only the wait.
+It replaces a private method: `dispatch_problem` feeds a dispatcher as after a burst and says so when a BentoML
+upgrade voided it (the service logs it as an error and `/health` warns).
 """
 
 from __future__ import annotations
@@ -26,4 +28,18 @@ def dispatch_when_free() -> None:
         self.wait = 0
 
     Optimizer.trigger_refresh = refresh_without_wait  # type: ignore[method-assign]
+    Optimizer.bentoml_trigger_refresh = learn  # type: ignore[attr-defined]
     Optimizer.waits_for_batch_mates = False  # type: ignore[attr-defined]
+
+
+def dispatch_problem() -> str | None:
+    """None if a dispatcher BentoML builds now learns its latency model but never waits, else what is wrong."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    optimizer = CorkDispatcher(max_latency_in_ms=5000, max_batch_size=64, fallback=list).optimizer
+    for n in (1, 2, 4, 8) * 10:  # batches that had waited 200 ms each, as after a burst
+        optimizer.log_outbound(n=n, wait=0.2, duration=0.01 + 0.03 * n)
+    optimizer.trigger_refresh()
+    if optimizer.wait != 0:
+        return f"BentoML's batching waits {optimizer.wait:.3f} s for batch-mates again (serving/batching.py)"
+    return None

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,10 +20,12 @@ from fastapi import Request, Response
 
 from serving import errors
 from serving.admission import TransformerAdmission
+from serving.batching import dispatch_problem
 from serving.explain import Explainer, Explanation
 from serving.hybrid import HybridPolicy, Mode
 from serving.schemas import Prediction
 from serving.settings import ServiceSettings
+from serving.supervision import worker_check_problem
 from serving.telemetry import RequestRecord, RequestTelemetry
 from serving.variants import CHALLENGER, CHAMPION, Split, StoredModel, Variant, VariantName, current_tag
 
@@ -48,6 +49,10 @@ class Gateway:
         # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
         self.deadline_s = settings.max_latency_ms / 1000 + settings.classify_timeout_s
         self.telemetry = RequestTelemetry(settings, models[CHAMPION].path)
+        # the private BentoML behaviour the service patches, checked as it is built (a BentoML upgrade may void it)
+        self.internals = [p for p in (worker_check_problem(settings.worker_check_s), dispatch_problem()) if p]
+        for problem in self.internals:
+            log.error("a patch of BentoML's internals no longer takes effect: %s", problem)
 
     async def _transformer(self, texts: list[str], variant: VariantName) -> list[list[float]]:
         client = self.classifier()
@@ -83,19 +88,15 @@ class Gateway:
         self, texts: list[str], mode: Mode | None = None, variant: VariantName = CHAMPION
     ) -> list[Prediction]:
         """The texts the lexical model cannot answer alone queue for the transformer if admitted (`_transformer`)."""
-        try:
+        with errors.classifier_call():  # down, restarting or past the deadline: 503; a bug goes on to be a 500
             return await self._answer(texts, mode, variant)
-        except errors.ApiError:
-            raise
-        except Exception as error:  # the classifier is down or restarting, or the batch deadline passed
-            raise errors.ApiError(503, f"the classifier is unavailable ({type(error).__name__})") from error
 
     async def predict(
         self, texts: list[str], mode: Mode | None, request: Request, response: Response
     ) -> list[Prediction]:
         """The variant the request's key is assigned (`x-user-id`, else the request id), its answer recorded and
         named in the headers, and a shadow copy to the challenger if asked for."""
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = errors.request_id(request)
         key = request.headers.get("x-user-id") or request_id
         record = RequestRecord(request_id, request.url.path, key, self.split.assign(key), time.perf_counter())
         predictions = await self.classify_texts(texts, mode, record.variant)
@@ -192,10 +193,8 @@ class Gateway:
 
     async def health(self) -> dict:
         """The champion, the classifier's self-check and batches, the hybrid, the A/B split, the explainer, drift."""
-        try:
+        with errors.classifier_call("the classifier's status"):
             check = await asyncio.wait_for(self.classifier().status(), HEALTH_TIMEOUT_S)
-        except Exception as error:
-            raise errors.ApiError(503, f"the classifier is not ready ({type(error).__name__})") from error
         champion, ab = self.variants[CHAMPION], self.split.describe()
         if CHALLENGER in self.variants:
             ab["challenger"] = self.variants[CHALLENGER].model_version
@@ -209,5 +208,10 @@ class Gateway:
             "explainer": self.explainer_state(),
             "admission": self.admission.describe(),
             "drift": self.telemetry.drift_status(),
-            "warning": None if check["passed"] else f"int8 is not served: {check['detail']}",
+            "internals": self.internals or "as patched",
+            "warning": "; ".join(
+                ([] if check["passed"] else [f"int8 is not served: {check['detail']}"])
+                + [f"BentoML patch voided: {problem}" for problem in self.internals]
+            )
+            or None,
         }

@@ -25,6 +25,10 @@ class ServiceSettings:
     max_latency_ms: int = 5000
     classify_timeout_s: int = 3  # beyond the batching deadline, how long a call to the classifier may take
     max_in_flight: int = 48  # requests waiting for the transformer past this get a fast 503 + Retry-After too
+    # Requests at once in the API worker, counted once their body is in (serving/intake.py); a body must arrive
+    # within body_timeout_s (else 408): a client that sends headers and nothing more holds no slot for long.
+    max_concurrency: int = 512
+    body_timeout_s: float = 10.0
     adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
     worker_check_s: float = 1.0  # how often BentoML's supervisor respawns a dead worker (its own default: 10 s)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ONNX Runtime threads
@@ -44,6 +48,9 @@ class ServiceSettings:
     max_shadow_in_flight: int = 8  # shadow copies past this are skipped (counted): they must never slow the answers
     prediction_log: str = ""  # also append each request's JSON log line to this file (make ab-report reads it)
     model_poll_s: float = 30.0  # how often the store is asked whether a tag names a newer export (0: never reload)
+    # Optional API keys (serving/access.py): off while both are empty. The keys, comma-separated, or a file of them.
+    api_keys: str = field(default="", repr=False)
+    api_keys_file: str = ""
 
     @property
     def max_body_bytes(self) -> int:

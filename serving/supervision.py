@@ -5,6 +5,9 @@ BentoML hard-codes that interval to 10 s (`create_standalone_arbiter` in `bentom
 setting of `bentoml serve`; circus has no SIGCHLD handler). So a worker killed by the OOM killer or `kill -9` stayed
 down for up to 10 s before its restart even began. The arbiter process imports the service before it builds the
 arbiter, so `check_workers_every` in service.py sets the interval for the arbiter about to be made.
+
+The patch replaces a private class: `worker_check_problem` builds an arbiter as BentoML does and says so when a
+BentoML upgrade voided it (the service logs it as an error and `/health` warns).
 """
 
 from __future__ import annotations
@@ -24,3 +27,13 @@ def check_workers_every(seconds: float) -> None:
 
     Arbiter.bentoml_arbiter = bentoml_arbiter
     circus.Arbiter = Arbiter
+
+
+def worker_check_problem(seconds: float) -> str | None:
+    """None if an arbiter BentoML builds now checks its workers every `seconds`, else what is wrong."""
+    from bentoml._internal.utils import circus
+
+    arbiter = circus.create_standalone_arbiter([])  # not started: no process, no socket stays open
+    if arbiter.check_delay != seconds:
+        return f"BentoML's arbiter checks its workers every {arbiter.check_delay} s, not {seconds} s (supervision.py)"
+    return None

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +30,10 @@ from serving.schemas import SETTINGS, UI_EXAMPLES_FILE, BatchRequest, PredictReq
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 TEXT_COLUMN = "text"
+UPLOAD_TYPES = (".csv", ".parquet")
+MAX_UPLOAD = "10mb"  # Gradio refuses a larger upload before it is stored
+KEEP_FILES_S = 3600  # uploads and results are deleted after an hour (Gradio's cache, and ours)
+OUTPUTS = Path(tempfile.gettempdir()) / "sentiment-ui"  # result files, until Gradio has copied them
 
 
 def highlighted(explanation: Explanation) -> list[tuple[str, float | None]]:
@@ -69,7 +76,7 @@ async def explain_review(text: str):
 
 
 async def predict_file(path: str | None) -> str:
-    if path is None:
+    if path is None or Path(path).suffix.lower() not in UPLOAD_TYPES:
         raise gr.Error("Upload a .csv or .parquet file with a 'text' column")
     # fastparquet: pyarrow would add ~150 MB to the image for this one call
     frame = pd.read_parquet(path, engine="fastparquet") if path.endswith(".parquet") else pd.read_csv(path)
@@ -89,19 +96,31 @@ async def predict_file(path: str | None) -> str:
         path=[p.path for p in predictions],
         model_version=[p.model_version for p in predictions],
     )
-    out = Path(tempfile.mkdtemp()) / f"{Path(path).stem}-predictions.csv"
+    out = Path(tempfile.mkdtemp(dir=sweep(OUTPUTS))) / f"{Path(path).stem}-predictions.csv"
     frame.to_csv(out, index=False)
     return str(out)
 
 
-def ui_app() -> FastAPI:
-    """The web UI as an app of its own, for the service to mount where it likes (`serving/deferred.py`)."""
-    return gr.mount_gradio_app(FastAPI(), build_ui(), path="/")
+def sweep(folder: Path) -> Path:
+    """`folder` without the entries older than `KEEP_FILES_S` (Gradio has copied them into its own cache by then)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        if time.time() - entry.stat().st_mtime > KEEP_FILES_S:
+            shutil.rmtree(entry, ignore_errors=True)
+    return folder
+
+
+def ui_app(login: Callable[[str, str], bool] | None = None) -> FastAPI:
+    """The web UI as an app of its own, for the service to mount where it likes (`serving/deferred.py`); behind
+    Gradio's login form when `login` is given (user name, password -> allowed)."""
+    message = "API keys are on: any user name, an API key as the password" if login else None
+    app, ui = FastAPI(), build_ui()
+    return gr.mount_gradio_app(app, ui, path="/", auth=login, auth_message=message, max_file_size=MAX_UPLOAD)
 
 
 def build_ui() -> gr.Blocks:
     examples = json.loads(UI_EXAMPLES_FILE.read_text()) if UI_EXAMPLES_FILE.exists() else []
-    with gr.Blocks(title="IMDb sentiment") as ui:
+    with gr.Blocks(title="IMDb sentiment", delete_cache=(KEEP_FILES_S // 4, KEEP_FILES_S)) as ui:
         gr.Markdown("# IMDb sentiment\nThe served model: its answer, and the words behind it (SHAP).")
         with gr.Tab("Review"):
             review = gr.Textbox(label="Review", lines=6, elem_id="review")
@@ -120,7 +139,7 @@ def build_ui() -> gr.Blocks:
                 )
             submit.click(explain_review, inputs=review, outputs=[scores, words, note], api_name=False)
         with gr.Tab("Batch file"):
-            upload = gr.File(label="CSV or Parquet with a 'text' column", file_types=[".csv", ".parquet"])
+            upload = gr.File(label="CSV or Parquet with a 'text' column", file_types=list(UPLOAD_TYPES))
             run = gr.Button("Predict", elem_id="predict-file")
             result = gr.File(label="Predictions (CSV)")
             run.click(predict_file, inputs=upload, outputs=result, api_name=False)

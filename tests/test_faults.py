@@ -1,22 +1,30 @@
-"""Fault drills against a server of their own: kill -9 of each worker under load, and overload.
+"""Fault drills against a server of their own: kill -9 of each worker under load, and overload; and which fault
+answers what (503: worth a retry; 500: a bug).
 
 What must hold: while a worker is down, /health says 503 and requests fail fast (no hang); 200 is back as soon as
 BentoML has restarted the worker; past the admission limit, requests get a fast 503 with Retry-After, none times
 out, the admitted ones stay fast, and the service recovers.
 """
 
+import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
 
+import aiohttp
 import psutil
 import pytest
 import requests
+import uvicorn
+from bentoml.exceptions import InternalServerError, ServiceUnavailable
+from fastapi import FastAPI
 
 from loadtests.common import bentoml_serve, running
 from loadtests.overload import OverloadConfig, drill
+from serving import errors
 from serving.settings import ServiceSettings
 from tests.conftest import free_port
 
@@ -127,3 +135,75 @@ def test_overload_sheds_fast_and_keeps_the_admitted_fast(own_server):
     assert summary["admitted"]["p95_ms"] <= 2 * 250 and summary["shed"]["p50_ms"] <= 2 * 50
     assert summary["lexical_reviews_shed"] == 0 and summary["paths"].get("lexical", 0) > 0
     assert summary["status_after"] == 200
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        (aiohttp.ClientConnectionError("connection refused"), 503),  # the classifier is down or restarting
+        (aiohttp.ServerDisconnectedError(), 503),
+        (TimeoutError(), 503),  # past the batching deadline + classify timeout
+        (ServiceUnavailable("batching deadline"), 503),  # the classifier's own 503
+        (InternalServerError("a bug in the classifier"), 500),
+        (KeyError("label_names"), 500),  # a bug on the API's side
+    ],
+)
+def test_unavailable_is_503_and_a_bug_is_500(fault, status):
+    with pytest.raises(Exception) as raised, errors.classifier_call():
+        raise fault
+    answered = raised.value.status if isinstance(raised.value, errors.ApiError) else 500
+    assert answered == status, repr(raised.value)
+    assert (raised.value is fault) == (status == 500)  # a bug goes on unchanged, for the 500 handler to log
+
+
+def test_a_bug_answers_500_in_the_error_shape_with_its_traceback_logged(caplog):
+    """`errors.install` on a real uvicorn server: a handler that raises gives the JSON error shape, the request id,
+    no Retry-After, and one log record with the traceback under that id."""
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/broken")
+    async def broken() -> dict:
+        return {"labels": []}["label_names"]
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        with caplog.at_level(logging.ERROR, logger="sentiment.service"):
+            response = requests.post(f"http://127.0.0.1:{port}/broken", headers={"x-request-id": "req-42"})
+    finally:
+        server.should_exit = True
+        thread.join()
+    assert response.status_code == 500 and "retry-after" not in response.headers
+    body = response.json()
+    assert set(body) == {"error", "detail"} and "KeyError" in body["error"] and "req-42" in body["error"]
+    assert response.headers["x-request-id"] == "req-42"
+    (record,) = [r for r in caplog.records if "req-42" in r.getMessage()]
+    assert record.exc_info and record.exc_info[0] is KeyError
+
+
+def test_clients_that_never_send_their_body_cost_only_themselves():
+    """More half-sent requests (headers announcing a body, then nothing) than the service has slots: others still
+    get answers, and each half-sent one gets a 408 once the body deadline has passed."""
+    port, limit, deadline_s = free_port(), 16, 3
+    url = f"http://127.0.0.1:{port}"
+    env = {"BENTOML_HOME": os.environ["BENTOML_HOME"], "MAX_CONCURRENCY": str(limit), "BODY_TIMEOUT_S": str(deadline_s)}
+    with running(bentoml_serve(port), f"{url}/health", env):
+        stalled = []
+        for _ in range(2 * limit):
+            connection = socket.create_connection(("127.0.0.1", port))
+            connection.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            )
+            stalled.append(connection)
+        time.sleep(0.5)  # every stalled request is in the service
+        assert requests.post(f"{url}/predict", json={"text": REVIEW}, timeout=10).status_code == 200
+        for connection in stalled:
+            connection.settimeout(deadline_s + 5)
+            assert connection.recv(4096).startswith(b"HTTP/1.1 408 "), "no 408 within the body deadline"
+            connection.close()
+        assert requests.post(f"{url}/predict", json={"text": REVIEW}, timeout=10).status_code == 200

@@ -108,6 +108,21 @@ def test_openapi_states_the_limits_and_samples(server):
         path = "/predict" if name == "PredictRequest" else "/predict_batch"
         assert requests.post(f"{server}{path}", json=example).status_code == 200
     assert "ErrorBody" in schemas and schemas["ErrorBody"]["properties"]["detail"]["anyOf"][0]["type"] == "array"
+    for path in ("/predict", "/predict_batch", "/explain", "/health"):  # a bug's 500 is declared, as sent
+        responses = next(iter(spec["paths"][path].values()))["responses"]
+        assert {"500", "503"} <= set(responses), (path, sorted(responses))
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [("order-17.retry:2_a", True), ("x" * 129, False), ("a b", False), ("<script>", False), ("é", False)],
+)
+def test_request_id_is_echoed_only_when_it_is_a_plain_id(server, sent, echoed):
+    headers = {"x-request-id": sent.encode().decode("latin-1")}
+    response = requests.post(f"{server}/predict", json={"text": "Great film."}, headers=headers)
+    assert response.status_code == 200
+    returned = response.headers["x-request-id"]
+    assert (returned == sent) is echoed and re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", returned)
 
 
 def test_cascade_answers_confident_reviews_without_the_transformer(server):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
 from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +82,11 @@ def test_blank_input_gets_the_apis_reason(page, tmp_path):
     page.locator("input[type=file]").first.set_input_files(upload)
     page.locator("#predict-file").click()
     expect(page.get_by_text("row 2: is blank")).to_be_visible(timeout=60_000)
+
+
+def test_uploads_are_bounded_in_size(server):
+    """Gradio refuses an upload over the UI's limit before storing it (each one is memory in the container)."""
+    big = {"files": ("reviews.csv", b"text\n" + b"x" * (11 * 2**20), "text/csv")}
+    assert requests.post(f"{server}/ui/gradio_api/upload", files=big, timeout=60).status_code == 413
+    small = {"files": ("reviews.csv", b"text\ngreat film\n", "text/csv")}
+    assert requests.post(f"{server}/ui/gradio_api/upload", files=small, timeout=60).status_code == 200

@@ -1,0 +1,72 @@
+"""The door of the API: a request takes one of the `max_concurrency` slots only once its whole body has arrived.
+
+BentoML's own limit (`traffic.max_concurrency`) counts a request from its first header line, so a client that opens
+many requests and sends no body holds every slot: everyone else gets 429 for as long as it likes. Here a body must
+arrive within `body_timeout_s` (else 408, and the connection is closed) and within `max_body_bytes` (else 413, before
+it is read when its length is declared); only then does the request count against `max_concurrency` (past it, a
+fast 503 + Retry-After). Plain ASGI, as `errors.Faults`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.errors import error_response
+
+
+class Intake:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, max_concurrency: int):
+        self.app, self.max_body_bytes, self.body_timeout_s = app, max_body_bytes, body_timeout_s
+        self.max_concurrency, self.in_flight = max_concurrency, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body_bytes:
+            return await self._refuse(413, f"Request body over {self.max_body_bytes} bytes", scope, receive, send)
+        try:
+            body = await asyncio.wait_for(self._body(receive), self.body_timeout_s)
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.body_timeout_s:g} s"
+            return await self._refuse(408, message, scope, receive, send)
+        if body is None:
+            return await self._refuse(413, f"Request body over {self.max_body_bytes} bytes", scope, receive, send)
+        if self.in_flight >= self.max_concurrency:
+            return await self._refuse(503, f"over {self.max_concurrency} requests in flight", scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, replay(body, receive), send)
+        finally:
+            self.in_flight -= 1
+
+    async def _body(self, receive: Receive) -> list[Message] | None:
+        """The request's messages up to the end of its body; None once it passes `max_body_bytes` (chunked)."""
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return None
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return messages
+
+    @staticmethod
+    async def _refuse(status: int, error: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answered before the body was read: the connection is closed after it (the rest may still be coming)."""
+        headers = {"Connection": "close"} if status in (408, 413) else {}
+        await error_response(status, error, headers=headers)(scope, receive, send)
+
+
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` for the app: the messages already read, then the connection's own (a disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
