@@ -21,7 +21,8 @@ from serving.deferred import DeferredApp
 from serving.explain import Explanation
 from serving.gateway import Gateway
 from serving.intake import Intake
-from serving.schemas import SETTINGS, BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
+from serving.schemas import BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
+from serving.settings import SETTINGS
 from serving.supervision import check_workers_every
 from serving.variants import CHALLENGER, CHAMPION
 

@@ -45,6 +45,7 @@ from serving.selfcheck import (
     save_golden,
     save_int8_files,
 )
+from serving.settings import BENTO_MODEL
 from serving.text import unpack_ids
 from training.config import ExperimentConfig, command_line, config_from_dict
 from training.data import DataSourceError, load_data
@@ -61,7 +62,7 @@ class ExportConfig:
     """What to export and the gate every file must pass (on >= 2,000 reviews: one review is then 0.05%)."""
 
     model_uri: str = "models:/imdb-sentiment@champion"
-    bento_model: str = "imdb-sentiment-onnx"
+    bento_model: str = BENTO_MODEL
     int8_candidates: list[str] = field(default_factory=lambda: list(DEFAULTS))  # keys of RECIPES
     min_agreement: float = 0.995  # int8: argmax agreement with PyTorch
     max_accuracy_drop: float = 0.002  # int8: 0.2 point

@@ -21,13 +21,14 @@ import numpy as np
 from serving.hybrid import HybridRouter
 from serving.runtime import OnnxTextClassifier, cpu_flags, ms_per_review
 from serving.selfcheck import FP32_FILE, SelfCheckLimits, load_classifier
+from serving.settings import BENTO_MODEL
 from training.config import RELEASE_CONFIG, command_line, load_config
 from training.data import load_data
 
 
 @dataclass
 class ReadLengthConfig:
-    bento_model: str = "imdb-sentiment-onnx:latest"
+    bento_model: str = f"{BENTO_MODEL}:latest"
     config: str = str(RELEASE_CONFIG)  # the experiment config whose validation split is read
     lengths: list[int] = field(default_factory=lambda: [256, 384])
     timing_samples: int = 200

@@ -38,6 +38,7 @@ from loadtests.common import ROOT, bentoml_serve, running, sample_labelled
 from serving.hybrid import HybridRouter
 from serving.runtime import cpu_flags
 from serving.selfcheck import SelfCheckLimits, load_classifier
+from serving.settings import SETTINGS
 
 OUT = ROOT / "reports" / "benchmark"
 MODES = ["cascade", "ensemble", "transformer"]
@@ -87,7 +88,7 @@ def sweep(url: str, texts: list[str], levels: list[int], seconds: float) -> list
 
 
 def served_model() -> bentoml.Model:
-    return bentoml.models.get(os.environ.get("BENTO_MODEL_TAG", "imdb-sentiment-onnx:latest"))
+    return bentoml.models.get(SETTINGS.bento_model_tag)
 
 
 def in_process_ceiling(texts: list[str], labels: np.ndarray, batch_size: int = 32) -> dict:

@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from serving.runtime import cpu_flags
+from serving.settings import BENTO_MODEL
 from serving.telemetry import digest
 from serving.variants import CHALLENGER, CHAMPION
 from training.config import command_line
@@ -37,7 +38,7 @@ class ABReportConfig:
     labels: str = ""  # labelled texts fed back (text + label columns); empty: no accuracy, label mix and agreement only
     text_column: str = "text"
     label_column: str = "label"
-    bento_model: str = "imdb-sentiment-onnx:latest"  # its label names turn label ids into names
+    bento_model: str = f"{BENTO_MODEL}:latest"  # its label names turn label ids into names
     alpha: float = 0.05
     out_dir: str = "reports/ab"
 

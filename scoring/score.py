@@ -27,6 +27,7 @@ from scoring.executor import PREDICTION_SCHEMA, score_batches
 from serving.hybrid import HybridRouter
 from serving.runtime import cpu_flags
 from serving.selfcheck import SelfCheckLimits, load_classifier
+from serving.settings import BENTO_MODEL
 from training.config import command_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ class ScoreConfig:
 
     input: str = ""  # Parquet, CSV (with a header) or JSON Lines: a file or a folder of them
     output: str = ""  # a Parquet folder (overwritten)
-    model: str = "imdb-sentiment-onnx:latest"  # a BentoML model tag, from the store in $BENTOML_HOME
+    model: str = f"{BENTO_MODEL}:latest"  # a BentoML model tag, from the store in $BENTOML_HOME
     mode: str = ""  # the hybrid mode (cascade, ensemble, transformer); empty: the export's own
     text_column: str = "text"
     master: str = "local[*]"  # local[*] here; spark://..., yarn or k8s://... on a cluster

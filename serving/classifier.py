@@ -1,22 +1,25 @@
 """The transformer's BentoML service: the ONNX export(s) in one worker, behind BentoML's adaptive batching (which
 sends a batch as soon as the previous one is done: `serving/batching.py`).
 
-`classify` answers for the champion and `classify_challenger` for an A/B challenger (each batched on its own queue);
-each model serves its fp32 file at once and, once the self-check on this CPU has scored and timed its int8 files, the
-one it chose, checked in the background so that start does not wait for it (`selfcheck.CheckedModel`). The API
-service calls it through `serving/gateway.py`.
+Every text sent to `classify` names the model version (store tag) that must answer it, so an answer never mixes the
+transformer of one export with the lexical half, policy or labels of another: the API side picks one version per
+request (`gateway.py`). The classifier keeps each version asked for loaded until the API retires it after a reload.
+Each version serves its fp32 file at once and, once the self-check on this CPU has scored and timed its int8 files,
+the one it chose, checked in the background so that start does not wait for it (`selfcheck.CheckedModel`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 
 import bentoml
+from pydantic import BaseModel
 
 from serving.batching import dispatch_when_free
-from serving.schemas import SETTINGS
 from serving.selfcheck import CheckedModel
+from serving.settings import SETTINGS
 from serving.telemetry import SelfCheckGauges
 from serving.variants import CHALLENGER, CHAMPION, StoredModel, VariantName
 
@@ -25,6 +28,20 @@ MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
 CHALLENGER_MODEL = bentoml.models.BentoModel(SETTINGS.challenger_model_tag) if SETTINGS.challenger_model_tag else None
 log = logging.getLogger(__name__)
 dispatch_when_free()  # a batch leaves as soon as the classifier is free, without waiting for batch-mates
+
+
+class Ask(BaseModel):
+    """One text to classify and the model version (store tag) that must answer it."""
+
+    model: str
+    text: str
+
+
+def load(tag: str) -> CheckedModel:
+    """A store model ready to serve, its int8 file chosen on this CPU (seconds: the self-check runs)."""
+    return CheckedModel.load(bentoml.models.get(tag), SETTINGS.workers, SETTINGS.lone_text_spinning)
+
+
 BATCHED = {
     "batchable": SETTINGS.adaptive_batching,
     "max_batch_size": SETTINGS.max_batch_size,
@@ -47,61 +64,81 @@ class OnnxClassifier:
 
     def __init__(self) -> None:
         self.gauges = SelfCheckGauges()
-        self.loaded: dict[str, CheckedModel] = {}
-        self.swapping = threading.Lock()
+        self.versions: dict[str, CheckedModel] = {}  # by store tag: every version a request may still name
+        self.serving: dict[VariantName, str] = {}  # the tag each A/B arm serves (status, gauges)
+        self.loading = threading.Lock()
         self.calls = self.texts = 0
         served = [(name, model) for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)) if model]
         for name, model in served:
-            self.use(name, CheckedModel.reference(model, SETTINGS.workers, SETTINGS.lone_text_spinning))
-        threading.Thread(target=self.check_int8, args=(served,), name="int8-selfcheck", daemon=True).start()
+            self.serve(name, CheckedModel.reference(model, SETTINGS.workers, SETTINGS.lone_text_spinning))
+        threading.Thread(target=self.check_int8, args=([m for _, m in served],), name="int8-selfcheck").start()
 
-    def check_int8(self, served: list[tuple[VariantName, StoredModel]]) -> None:
+    def check_int8(self, models: list[StoredModel]) -> None:
         """The int8 file chosen on this CPU takes over from fp32; fp32 stays, with the reason, if none is chosen."""
-        for name, model in served:
-            if self.loaded[name].check.finished:
-                continue
+        for model in models:
+            tag, reference = str(model.info.tag), self.versions[str(model.info.tag)]
             try:
-                checked = self.loaded[name].checked(model, SETTINGS.workers)
+                checked = reference.checked(model, SETTINGS.workers)
             except Exception as error:
-                log.exception("the int8 self-check of %s could not run; fp32 stays", model.info.tag)
-                checked = self.loaded[name].failed(f"the int8 self-check could not run: {error!r}")
-            self.use(name, checked, unless_replaced=True)
+                log.exception("the int8 self-check of %s could not run; fp32 stays", tag)
+                checked = reference.failed(f"the int8 self-check could not run: {error!r}")
+            with self.loading:
+                if tag in self.versions:  # not retired meanwhile
+                    self.versions[tag] = checked
+            self.publish()
 
-    def use(self, variant: VariantName, model: CheckedModel, unless_replaced: bool = False) -> None:
-        """Swap in a loaded model: batches in flight finish on the old one. `unless_replaced`: only if the model in
-        use is still the same export (a reload during the int8 check wins)."""
-        with self.swapping:
-            if unless_replaced and self.loaded[variant].tag != model.tag:
-                return
-            self.loaded[variant] = model
-            if variant == CHAMPION:
-                self.gauges.publish(model.check)
+    def serve(self, arm: VariantName, model: CheckedModel) -> None:
+        """`model` loaded beside the versions already there, and served as `arm` from now on."""
+        with self.loading:
+            self.versions[model.tag] = model
+            self.serving[arm] = model.tag
+        self.publish()
 
-    def _classify(self, variant: VariantName, texts: list[str]) -> list[list[float]]:
-        self.calls, self.texts = self.calls + 1, self.texts + len(texts)
-        return self.loaded[variant].runtime.predict_proba(texts).tolist()
+    def publish(self) -> None:
+        self.gauges.publish(self.versions[self.serving[CHAMPION]].check)
+
+    def version(self, tag: str) -> CheckedModel:
+        """A loaded version; one not loaded (this worker restarted since the API chose it) is loaded now."""
+        if (loaded := self.versions.get(tag)) is None:
+            with self.loading:
+                if (loaded := self.versions.get(tag)) is None:
+                    log.warning("loading %s on demand: a request names it and this worker had not loaded it", tag)
+                    loaded = self.versions[tag] = load(tag)
+        return loaded
 
     @bentoml.api(**BATCHED)
-    def classify(self, texts: list[str]) -> list[list[float]]:
-        """The champion's class probabilities per text (label order as in the model's `label_names`)."""
-        return self._classify(CHAMPION, texts)
-
-    @bentoml.api(**BATCHED)
-    def classify_challenger(self, texts: list[str]) -> list[list[float]]:
-        """The A/B challenger's, batched on its own."""
-        return self._classify(CHALLENGER, texts)
+    def classify(self, asks: list[Ask]) -> list[list[float]]:
+        """Class probabilities per text (label order as in its model's `label_names`), from the version it names."""
+        self.calls, self.texts = self.calls + 1, self.texts + len(asks)
+        by_version: dict[str, list[int]] = defaultdict(list)
+        for i, ask in enumerate(asks):
+            by_version[ask.model].append(i)
+        answers: list[list[float]] = [[] for _ in asks]
+        for tag, positions in by_version.items():
+            probabilities = self.version(tag).runtime.predict_proba([asks[i].text for i in positions])
+            for i, row in zip(positions, probabilities.tolist(), strict=True):
+                answers[i] = row
+        return answers
 
     @bentoml.api
     def reload(self, variant: str, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
-        """Serve the store's model `tag` as `variant` from now on."""
-        loaded = CheckedModel.load(bentoml.models.get(tag), SETTINGS.workers, SETTINGS.lone_text_spinning)
-        self.use(variant, loaded)  # type: ignore[arg-type]
-        return self.loaded[variant].describe()
+        """Load the store's model `tag` (self-checked) beside the versions loaded, and serve it as `variant`."""
+        self.serve(variant, load(tag))  # type: ignore[arg-type]
+        return self.versions[tag].describe()
+
+    @bentoml.api
+    async def retire(self, tag: str) -> list[str]:
+        """Unload version `tag` once no request names it any more (unless an arm serves it); the versions kept."""
+        with self.loading:
+            if tag not in self.serving.values():
+                self.versions.pop(tag, None)
+            return sorted(self.versions)
 
     @bentoml.api
     async def status(self) -> dict:  # async: answered on the event loop, never queued behind `classify`
         """The champion's file served and its self-check on this CPU (the challenger's beside), and the batches run."""
-        status = self.loaded[CHAMPION].describe() | {"classify_calls": self.calls, "classified_texts": self.texts}
-        if CHALLENGER in self.loaded:
-            status[CHALLENGER] = self.loaded[CHALLENGER].describe()
+        status = self.versions[self.serving[CHAMPION]].describe()
+        status |= {"classify_calls": self.calls, "classified_texts": self.texts, "loaded": sorted(self.versions)}
+        if CHALLENGER in self.serving:
+            status[CHALLENGER] = self.versions[self.serving[CHALLENGER]].describe()
         return status

@@ -2,7 +2,8 @@
 fast path and the batched transformer, shadow copies, telemetry, explanations, and new models from the store.
 
 `service.py` declares the routes and calls this. `classifier()` returns the client of the `OnnxClassifier`
-service in `serving/classifier.py` (async `classify`, `classify_challenger`, `status`, `reload`).
+service in `serving/classifier.py` (async `classify` of texts that each name their model version, `status`, `reload`,
+`retire`).
 """
 
 from __future__ import annotations
@@ -54,20 +55,20 @@ class Gateway:
         for problem in self.internals:
             log.error("a patch of BentoML's internals no longer takes effect: %s", problem)
 
-    async def _transformer(self, texts: list[str], variant: VariantName) -> list[list[float]]:
+    async def _transformer(self, texts: list[str], variant: Variant) -> list[list[float]]:
         client = self.classifier()
-        batched = client.classify if variant == CHAMPION else client.classify_challenger
+        asks = [{"model": variant.tag, "text": text} for text in texts]  # answered by this version and no other
 
         async def classify() -> list[list[float]]:
             for _ in range(CONNECTION_RETRIES):
                 try:
-                    return await batched(texts)
+                    return await client.classify(asks)
                 except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
                     # A pooled connection the classifier had closed (its server drops idle keep-alive connections
                     # after 5 s, the client keeps them 15 s, and a pool can hold several; BentoML exposes neither),
                     # or a restarting worker: `classify` is pure, send it again (within the deadline).
                     pass
-            return await batched(texts)
+            return await client.classify(asks)
 
         with self.admission.admit(len(texts)):  # a fast 503 when these texts would wait too long
             return await asyncio.wait_for(classify(), self.deadline_s)
@@ -79,31 +80,33 @@ class Gateway:
             raise errors.ApiError(422, f"{error} ({variant.tag})") from error
 
     async def _answer(self, texts: list[str], mode: Mode | None, name: VariantName) -> list[Prediction]:
-        variant = self.variants[name]
+        variant = self.variants[name]  # one version answers the whole request, however long it takes
         policy = self._policy(variant, mode)
-        probs, paths = await variant.hybrid.classify(texts, policy, lambda onward: self._transformer(onward, name))
+        probs, paths = await variant.hybrid.classify(texts, policy, lambda onward: self._transformer(onward, variant))
         return [Prediction.of(p, path, variant) for p, path in zip(probs, paths, strict=True)]
-
-    async def classify_texts(
-        self, texts: list[str], mode: Mode | None = None, variant: VariantName = CHAMPION
-    ) -> list[Prediction]:
-        """The texts the lexical model cannot answer alone queue for the transformer if admitted (`_transformer`)."""
-        with errors.classifier_call():  # down, restarting or past the deadline: 503; a bug goes on to be a 500
-            return await self._answer(texts, mode, variant)
 
     async def predict(
         self, texts: list[str], mode: Mode | None, request: Request, response: Response
     ) -> list[Prediction]:
-        """The variant the request's key is assigned (`x-user-id`, else the request id), its answer recorded and
-        named in the headers, and a shadow copy to the challenger if asked for."""
+        """An API route's answer: keyed by `x-user-id` (else the request id), both named in the response headers."""
         request_id = errors.request_id(request)
         key = request.headers.get("x-user-id") or request_id
-        record = RequestRecord(request_id, request.url.path, key, self.split.assign(key), time.perf_counter())
-        predictions = await self.classify_texts(texts, mode, record.variant)
+        predictions = await self.answer(texts, mode, request_id, key, request.url.path)
+        response.headers["x-request-id"], response.headers["x-model-variant"] = request_id, predictions[0].variant
+        return predictions
+
+    async def answer(
+        self, texts: list[str], mode: Mode | None, request_id: str, key: str, endpoint: str
+    ) -> list[Prediction]:
+        """One request as every front door answers it (the API's routes and the web UI): the A/B variant `key` is
+        assigned, admission to the transformer for the texts the lexical model cannot answer alone, the request log,
+        metrics and drift, and a shadow copy to the challenger if asked for."""
+        record = RequestRecord(request_id, endpoint, key, self.split.assign(key), time.perf_counter())
+        with errors.classifier_call():  # down, restarting or past the deadline: 503; a bug goes on to be a 500
+            predictions = await self._answer(texts, mode, record.variant)
         self.telemetry.record(record, texts, predictions)
         if self.split.shadows:
             self._shadow(record, texts, mode)
-        response.headers["x-request-id"], response.headers["x-model-variant"] = request_id, record.variant
         return predictions
 
     def _shadow(self, record: RequestRecord, texts: list[str], mode: Mode | None) -> None:
@@ -124,9 +127,10 @@ class Gateway:
 
     def start(self) -> None:
         """The explainer (SHAP compiles its kernels on first use: seconds, and readiness must not wait for it), the
-        drift monitor's batches and, unless MODEL_POLL_S=0, the watch on the store."""
+        drift monitor's batches, the event loop's lag and, unless MODEL_POLL_S=0, the watch on the store."""
         self.explainer = asyncio.create_task(self._load_explainer())
         self.drift_watch = asyncio.create_task(self.telemetry.watch_drift())
+        self.loop_watch = asyncio.create_task(self.telemetry.watch_loop())
         if self.settings.model_poll_s > 0:
             self.watcher = asyncio.create_task(self._watch_store())
 
@@ -139,9 +143,10 @@ class Gateway:
             except Exception:
                 pass
             await asyncio.sleep(0.5)
-        champion = self.variants[CHAMPION]
-        recipe = served["recipe"]
-        return await asyncio.to_thread(Explainer, champion.path, recipe, champion.hybrid, self.settings.workers)
+        return await asyncio.to_thread(self._explainer_of, self.variants[CHAMPION], served["recipe"])
+
+    def _explainer_of(self, variant: Variant, recipe: str) -> Explainer:
+        return Explainer(variant.path, recipe, variant.hybrid, self.settings.workers)
 
     async def _watch_store(self) -> None:
         """Picks up a new export under a served tag (`name:latest` after `make retrain` promoted a champion): the
@@ -158,13 +163,24 @@ class Gateway:
                     log.warning("could not reload the %s from %s: %r", name, wanted[name], error)
 
     async def _reload(self, name: VariantName, tag: str) -> None:
-        await self.classifier().reload(variant=name, tag=tag)
+        """A new version loaded whole beside the old one, off the event loop (the classifier's files and self-check,
+        the lexical model, policy, labels, and for the champion its drift profile and explainer), then swapped in one
+        step: every answer comes from one version, and the old explainer serves until then. The classifier unloads
+        the old version once the requests that chose it are past their deadline."""
+        old = self.variants[name]
+        checked = await self.classifier().reload(variant=name, tag=tag)
         model = await asyncio.to_thread(bentoml.models.get, tag)
-        self.variants[name] = Variant.of(name, model, self.settings.hybrid_mode)
+        variant = await asyncio.to_thread(Variant.of, name, model, self.settings.hybrid_mode)
         if name == CHAMPION:
-            self.telemetry.use_model(model.path)
-            self.explainer = asyncio.create_task(self._load_explainer())
-        log.warning("the %s is now %s (%s)", name, tag, self.variants[name].model_version)
+            profile = await asyncio.to_thread(self.telemetry.profile_of, model.path)
+            explainer = asyncio.get_running_loop().create_future()
+            explainer.set_result(await asyncio.to_thread(self._explainer_of, variant, checked["recipe"]))
+            self.telemetry.use_profile(profile)
+            self.explainer = explainer
+        self.variants[name] = variant
+        log.warning("the %s is now %s (%s)", name, tag, variant.model_version)
+        await asyncio.sleep(self.deadline_s)
+        await self.classifier().retire(tag=old.tag)
 
     async def explain_text(self, text: str, mode: Mode | None = None) -> Explanation:
         """On its own ONNX session and concurrency limit: explanations never queue in the predict path."""

@@ -10,12 +10,11 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.hybrid import Mode, Route
-from serving.settings import ServiceSettings
+from serving.settings import SETTINGS
 from serving.variants import Variant, VariantName
 
 SAMPLE = "A moving, beautifully acted film: I loved every minute of it."  # Swagger's sample input
 UI_EXAMPLES_FILE = Path(__file__).with_name("examples.json")  # the web UI's: real test reviews (make evaluate-served)
-SETTINGS = ServiceSettings.from_env()  # read once, here: the schemas carry its limits and service.py its knobs
 
 # Non-blank = at least one character that is not ASCII whitespace: the same rule in JSON Schema, Python and pydantic.
 Text = Annotated[

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+BENTO_MODEL = "imdb-sentiment-onnx"  # the release's model in the BentoML store: the one place it is named
 PARSERS = {"str": str, "int": int, "float": float, "bool": lambda raw: raw.strip().lower() in ("1", "true", "yes")}
 
 
@@ -14,7 +15,7 @@ PARSERS = {"str": str, "int": int, "float": float, "bool": lambda raw: raw.strip
 class ServiceSettings:
     """Every knob of the service; the environment variable of a field is its name in upper case."""
 
-    bento_model_tag: str = "imdb-sentiment-onnx:latest"
+    bento_model_tag: str = f"{BENTO_MODEL}:latest"
     max_text_chars: int = 50_000
     max_batch_texts: int = 64  # texts per /predict_batch request
     # Adaptive batching: BentoML answers 503 once it expects a request to wait past max_latency_ms. Admission
@@ -42,7 +43,7 @@ class ServiceSettings:
     drift_window: int = 500  # texts in the drift monitor's window (PSI vs the reference profile)
     hybrid_mode: str = ""  # transformer | ensemble | cascade; empty: the mode chosen on validation (hybrid.json)
     # A/B testing (docs/MLOPS.md): a challenger's export beside the champion's; empty: the champion answers alone.
-    challenger_model_tag: str = ""  # e.g. imdb-sentiment-onnx-challenger:latest
+    challenger_model_tag: str = ""  # e.g. imdb-sentiment-onnx-challenger:latest (make export-challenger)
     ab_mode: str = "split"  # split: challenger_share of the users get it; shadow: it answers copies, never users
     challenger_share: float = 0.1
     max_shadow_in_flight: int = 8  # shadow copies past this are skipped (counted): they must never slow the answers
@@ -67,3 +68,6 @@ class ServiceSettings:
             values[f.name] = PARSERS[f.type](raw)
         settings = cls(**values)
         return dataclasses.replace(settings, max_batch_size=max(settings.max_batch_size, settings.max_batch_texts))
+
+
+SETTINGS = ServiceSettings.from_env()  # read once, here: the schemas carry its limits and service.py its knobs

@@ -58,6 +58,7 @@ class RequestRecord:
 
 log = logging.getLogger(__name__)
 DRIFT_INTERVAL_S = 1.0  # how often the texts answered since are added to the drift window
+LOOP_PROBE_S = 0.05  # how often the event loop's lag is measured
 
 
 class RequestTelemetry:
@@ -69,7 +70,7 @@ class RequestTelemetry:
         # window keeps no more texts than that anyway)
         self.unobserved: deque[tuple[list[str], list[Prediction]]] = deque(maxlen=settings.drift_window)
         self.observing = 0  # texts taken from `unobserved` and still being tokenized
-        self.use_model(model_dir)
+        self.use_profile(self.profile_of(model_dir))
         self.log = logging.getLogger("sentiment.requests")
         formatter = JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"asctime": "time"})
         handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
@@ -125,6 +126,11 @@ class RequestTelemetry:
         self.truncated = bentoml.metrics.Counter(
             name="sentiment_truncated_texts", documentation=FEATURES["truncated"].description
         )
+        self.loop_lag = bentoml.metrics.Histogram(
+            name="sentiment_event_loop_lag_seconds",
+            documentation=f"How late the API worker's event loop ran a timer due every {LOOP_PROBE_S} s (a stall)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
         self.psi = bentoml.metrics.Gauge(
             name="sentiment_drift_psi",
             documentation=f"PSI per feature, last {self.drift_window} texts vs the reference profile (> {PSI_ALERT}: "
@@ -132,10 +138,14 @@ class RequestTelemetry:
             labelnames=["feature"],
         )
 
-    def use_model(self, model_dir: str) -> None:
-        """The champion's tokenizer and reference profile (again when a new champion is loaded: a fresh window)."""
-        self.statistics = TextStatistics.for_model(model_dir)
-        self.drift = DriftMonitor.for_model(model_dir, self.drift_window)
+    def profile_of(self, model_dir: str) -> tuple[TextStatistics, DriftMonitor]:
+        """A version's tokenizer statistics and its drift monitor over its reference profile (seconds: load it off the
+        event loop)."""
+        return TextStatistics.for_model(model_dir), DriftMonitor.for_model(model_dir, self.drift_window)
+
+    def use_profile(self, profile: tuple[TextStatistics, DriftMonitor]) -> None:
+        """The champion's (again when a new champion is served: a fresh window)."""
+        self.statistics, self.drift = profile
         self.unobserved.clear()
 
     def record(self, request: RequestRecord, texts: list[str], predictions: list[Prediction]) -> None:
@@ -161,6 +171,14 @@ class RequestTelemetry:
                 self.unobserved.append((texts, predictions))
             extra = {"texts": texts} if self.log_text else {}
         self.log.info("prediction", extra=request.log_fields(texts, predictions, latency_s) | extra)
+
+    async def watch_loop(self) -> None:
+        """How late the event loop runs a timer: the stall that every request on this worker waited out with it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LOOP_PROBE_S
+            await asyncio.sleep(LOOP_PROBE_S)
+            self.loop_lag.observe(max(loop.time() - due, 0.0))
 
     async def watch_drift(self) -> None:
         """The drift features of the answered texts, in batches, off the request path: tokenized one request at a

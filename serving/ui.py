@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -26,7 +27,9 @@ from pydantic_core import ErrorDetails
 
 from serving.errors import ApiError
 from serving.explain import Explanation
-from serving.schemas import SETTINGS, UI_EXAMPLES_FILE, BatchRequest, PredictRequest
+from serving.schemas import UI_EXAMPLES_FILE, BatchRequest, PredictRequest
+from serving.settings import SETTINGS
+from serving.variants import CHAMPION
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 TEXT_COLUMN = "text"
@@ -63,31 +66,36 @@ def reason(error: ErrorDetails, first_row: int) -> str:
     return f"{where}: {'is blank' if blank else error['msg']}"
 
 
-async def explain_review(text: str):
-    service = bentoml.get_current_service()
+async def explain_review(text: str, request: gr.Request):
+    """The answer as `/predict` gives it (the browser session is the A/B key), and the champion's explanation."""
+    gateway, review = bentoml.get_current_service().gateway, validated(PredictRequest, text=text).text
     try:
-        explanation = await service.gateway.explain_text(validated(PredictRequest, text=text).text)
+        (prediction,) = await gateway.answer([review], None, uuid.uuid4().hex, request.session_hash, "/ui/review")
+        explanation = await gateway.explain_text(review)
     except ApiError as error:  # the API's own 4xx/503 reasons, shown in the page
         raise gr.Error(error.error) from error
-    note = f"{explanation.method}; {explanation.elapsed_ms:.0f} ms"
+    note = f"{prediction.model_version} ({prediction.variant}, {prediction.path}); words: {explanation.method}"
+    if prediction.variant != CHAMPION:
+        note += " of the champion's answer (explanations are the champion's)"
     if explanation.truncated:
         note += "; long review: the middle, which the transformer never reads, is left out"
-    return explanation.scores, highlighted(explanation), note
+    return prediction.scores, highlighted(explanation), f"{note}; {explanation.elapsed_ms:.0f} ms"
 
 
-async def predict_file(path: str | None) -> str:
+async def predict_file(path: str | None, request: gr.Request) -> str:
     if path is None or Path(path).suffix.lower() not in UPLOAD_TYPES:
         raise gr.Error("Upload a .csv or .parquet file with a 'text' column")
     # fastparquet: pyarrow would add ~150 MB to the image for this one call
     frame = pd.read_parquet(path, engine="fastparquet") if path.endswith(".parquet") else pd.read_csv(path)
     if TEXT_COLUMN not in frame:
         raise gr.Error(f"the file has no {TEXT_COLUMN!r} column (it has {list(frame.columns)})")
-    service, texts = bentoml.get_current_service(), frame[TEXT_COLUMN].fillna("").astype(str).tolist()
-    predictions = []
+    gateway, texts = bentoml.get_current_service().gateway, frame[TEXT_COLUMN].fillna("").astype(str).tolist()
+    predictions, upload_id = [], uuid.uuid4().hex
     try:
         for start in range(0, len(texts), chunk_size := SETTINGS.max_batch_texts):  # as /predict_batch calls would
             chunk = validated(BatchRequest, first_row=start, texts=texts[start : start + chunk_size]).texts
-            predictions += await service.gateway.classify_texts(chunk)
+            request_id = f"{upload_id}-{start // chunk_size}"
+            predictions += await gateway.answer(chunk, None, request_id, request.session_hash, "/ui/batch")
     except ApiError as error:
         raise gr.Error(error.error) from error
     frame = frame.assign(

@@ -14,8 +14,8 @@ import yaml
 
 from serving.drift import FEATURES, PROFILE_FILE, PSI_ALERT, DriftMonitor, TextStatistics, answer_statistics
 from serving.hybrid import HybridRouter
-from serving.schemas import SETTINGS
 from serving.selfcheck import SelfCheckLimits, load_classifier
+from serving.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 300

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from serving.hybrid import LEXICAL_FILE, HybridPolicy, LexicalModel
-from serving.schemas import SETTINGS
+from serving.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "imdb-minilm-lora"

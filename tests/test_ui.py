@@ -1,5 +1,6 @@
 """The web UI as a person uses it: Debian's chromium, driven by Playwright, against the real service at /ui."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -8,6 +9,8 @@ import pandas as pd
 import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import SERVER_LOG
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "reports" / "ui"
@@ -41,19 +44,20 @@ def submit_review(page, text: str) -> None:
     page.locator("#submit").click()
 
 
-def test_a_review_gets_its_label_and_highlighted_words(page, offsite):
+def test_a_review_gets_its_label_and_highlighted_words(server, page, offsite):
     submit_review(page, "The acting was awful and the plot was boring. A waste of two hours.")
     expect(page.locator("#prediction")).to_contain_text("neg", timeout=60_000)
     words = page.locator("#words")
     expect(words).to_contain_text("awful", timeout=60_000)
     expect(page.locator("#method")).to_contain_text("SHAP")
+    assert re.search(r'^sentiment_request_texts_count\{endpoint="/ui/review"[^}]*\} [1-9]', metrics(server), re.M)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "review.png", full_page=True)
     assert offsite == []
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
-def test_a_file_of_reviews_comes_back_with_predictions(page, offsite, tmp_path, suffix):
+def test_a_file_of_reviews_comes_back_with_predictions(server, page, offsite, tmp_path, suffix):
     reviews = pd.DataFrame({"text": ["A wonderful, moving film.", "Dreadful. I walked out."], "id": [7, 8]})
     upload = tmp_path / f"reviews.{suffix}"
     getattr(reviews, f"to_{suffix}")(upload, index=False)  # Parquet written by pyarrow, read by fastparquet
@@ -67,6 +71,10 @@ def test_a_file_of_reviews_comes_back_with_predictions(page, offsite, tmp_path, 
         link.click()
     predictions = pd.read_csv(download.value.path())
     assert predictions.id.tolist() == [7, 8] and predictions.label.tolist() == ["pos", "neg"]
+    # the same front door as /predict_batch: logged and metered under its own endpoint
+    logged = [json.loads(line) for line in SERVER_LOG.read_text().splitlines()]
+    assert any(line["endpoint"] == "/ui/batch" and line["batch_size"] == 2 for line in logged)
+    assert re.search(r'^sentiment_request_texts_count\{endpoint="/ui/batch"[^}]*\} [1-9]', metrics(server), re.M)
     page.screenshot(path=SCREENSHOTS / f"batch-{suffix}.png", full_page=True)
     assert offsite == []
 
@@ -90,3 +98,7 @@ def test_uploads_are_bounded_in_size(server):
     assert requests.post(f"{server}/ui/gradio_api/upload", files=big, timeout=60).status_code == 413
     small = {"files": ("reviews.csv", b"text\ngreat film\n", "text/csv")}
     assert requests.post(f"{server}/ui/gradio_api/upload", files=small, timeout=60).status_code == 200
+
+
+def metrics(server: str) -> str:
+    return requests.get(f"{server}/metrics", timeout=10).text

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel, ensemble, top_two_margin
+from serving.settings import BENTO_MODEL
 from serving.text import EncodingConfig
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line
 from training.lexical import cascade_curve
@@ -306,7 +307,7 @@ def main() -> None:
         flags={"--served": "score the ONNX file the BentoML store's model serves instead of PyTorch"},
     )
     if args.served:
-        print(json.dumps(evaluate_served(config, "imdb-sentiment-onnx:latest")))
+        print(json.dumps(evaluate_served(config, f"{BENTO_MODEL}:latest")))
     else:
         print(json.dumps(evaluate(args.source, config)))
 
