@@ -73,7 +73,7 @@ export-challenger:  ## the registry's challenger -> BentoML model imdb-sentiment
 		work_dir=build/onnx-challenger report=build/challenger/parity.json $(ARGS)
 
 retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champion (test split + held-out new data): promoted and exported, or kept as challenger -> reports/retrain/<id>/
-	$(PYTHON) -m training.retrain new_data=$(NEW_DATA) $(ARGS)
+	$(PYTHON) -m export.retrain new_data=$(NEW_DATA) $(ARGS)
 
 model:  ## register and export only what is missing (what serve and test need)
 	$(PYTHON) -m training.registry --model-dir $(MODEL_DIR) --if-missing

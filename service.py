@@ -2,7 +2,7 @@
 
 `SentimentAPI` is the public API on port 3000: strict validation with one JSON error shape and an OpenAPI document
 that states every limit, `/explain` (SHAP) and the web UI at `/ui` (Gradio). A request's path through the API process
-(A/B split, admission control, the lexical fast path, telemetry) is `serving/gateway.py`; the transformer runs in
+(the A/B arm, admission control, the lexical fast path, telemetry) is `serving/gateway.py`; the transformer runs in
 `OnnxClassifier` (`serving/classifier.py`), batched adaptively. Optional API keys: `serving/access.py`. Settings:
 `serving/settings.py`.
 """
@@ -15,6 +15,7 @@ import bentoml
 from fastapi import Depends, FastAPI, Request, Response
 
 from serving import errors
+from serving.ab import CHALLENGER, CHAMPION
 from serving.access import ApiKeys
 from serving.classifier import CHALLENGER_MODEL, MODEL, OnnxClassifier
 from serving.deferred import DeferredApp
@@ -24,7 +25,6 @@ from serving.intake import Intake
 from serving.schemas import BatchPrediction, BatchRequest, ModeQuery, Prediction, PredictRequest
 from serving.settings import SETTINGS
 from serving.supervision import check_workers_every
-from serving.variants import CHALLENGER, CHAMPION
 
 # A slim Python base and requirements-serve.txt only (no torch). distro="none" skips BentoML's system packages
 # (build-essential, git: ~640 MB); the installer (uv) and its cache are removed after the install. BentoML's home

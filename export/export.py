@@ -32,10 +32,17 @@ from optimum.exporters.onnx import main_export
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from export.quantize import DEFAULTS, RECIPES, quantize
-from serving.drift import PROFILE_FILE, TextStatistics, answer_statistics, build_profile, save_profile
-from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, HybridRouter
-from serving.runtime import CONFIG_FILE, TOKENIZER_FILE, OnnxTextClassifier, cpu_flags, ms_per_review, top_two_margin
-from serving.selfcheck import (
+from serving.core.drift import PROFILE_FILE, TextStatistics, answer_statistics, build_profile, save_profile
+from serving.core.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, HybridRouter
+from serving.core.runtime import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    OnnxTextClassifier,
+    cpu_flags,
+    ms_per_review,
+    top_two_margin,
+)
+from serving.core.selfcheck import (
     FP32_FILE,
     GOLDEN_FILE,
     INT8_MANIFEST,
@@ -45,8 +52,8 @@ from serving.selfcheck import (
     save_golden,
     save_int8_files,
 )
+from serving.core.text import unpack_ids
 from serving.settings import BENTO_MODEL
-from serving.text import unpack_ids
 from training.config import ExperimentConfig, command_line, config_from_dict
 from training.data import DataSourceError, load_data
 from training.modeling import PARITY_SAMPLE, predict_ids
@@ -151,9 +158,9 @@ def parity_report(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarr
     }
 
 
-def gate_failures(variant: str, report: dict[str, float], export: ExportConfig) -> list[str]:
+def gate_failures(file: str, report: dict[str, float], export: ExportConfig) -> list[str]:
     """fp32 must reproduce PyTorch's probabilities and labels (else the export is broken); int8 must agree closely."""
-    if variant == "fp32":
+    if file == "fp32":
         failures = []
         if report["max_abs_prob_diff"] > export.fp32_max_abs_diff:
             failures.append(f"max |dp| {report['max_abs_prob_diff']:.2g} > {export.fp32_max_abs_diff}")
@@ -177,7 +184,7 @@ def rescore_margin(reference: np.ndarray, candidate: np.ndarray, step: float) ->
     return round((np.floor(worst / step) + 1) * step, 6)
 
 
-def evaluate_variants(
+def evaluate_files(
     onnx_dir: Path, reference: np.ndarray, ids: list[list[int]], labels: np.ndarray, export: ExportConfig
 ) -> dict[str, dict]:
     """Parity and speed of fp32 and every int8 candidate; each entry says whether it passed the gate."""
@@ -273,7 +280,7 @@ def import_to_bentoml(
         "mlflow_model": registry.name,
         "mlflow_version": registry.version,
         "mlflow_run_id": registry.run_id,
-        "variant": served,
+        "file": served,
         "int8_recipe": served if int8 else None,
         "int8_files": [f.recipe for f in int8] or None,
         "int8_refused": warning,
@@ -288,7 +295,7 @@ def import_to_bentoml(
         "hybrid": asdict(hybrid) if hybrid else None,
     }
     metadata = {key: value for key, value in metadata.items() if value is not None}  # BentoML refuses None
-    labels = {"mlflow_model": registry.name, "mlflow_version": registry.version, "variant": served}
+    labels = {"mlflow_model": registry.name, "mlflow_version": registry.version, "file": served}
     with bentoml.models.create(export.bento_model, labels=labels, metadata=metadata) as bento_model:
         target = Path(bento_model.path)
         for name in (FP32_FILE, TOKENIZER_FILE, CONFIG_FILE, GOLDEN_FILE):
@@ -309,7 +316,7 @@ def parity_table(report: dict) -> str:
         "| file | agreement | accuracy (PyTorch) | drop, points | mean abs dp | ms/review | x fp32 | MB | gate |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in report["variants"].items():
+    for name, r in report["files"].items():
         verdict = "passed" if not r["failures"] else "failed: " + "; ".join(r["failures"])
         shipped = " (shipped)" if name in report["shipped"] else ""
         rescored = ""
@@ -343,7 +350,7 @@ def run(export: ExportConfig) -> bentoml.Model:
     onnx_dir = export_onnx(model, tokenizer, registry.config, Path(export.work_dir))
     ids, labels = load_parity_sample(registry.run_id)
     reference = predict_ids(model, ids, tokenizer.pad_token_id)
-    results = evaluate_variants(onnx_dir, reference, ids, labels, export)
+    results = evaluate_files(onnx_dir, reference, ids, labels, export)
     shipped, warning = choose(results)
     int8 = shipped_files(results, shipped)
     save_int8_files(onnx_dir / INT8_MANIFEST, int8)
@@ -368,7 +375,7 @@ def run(export: ExportConfig) -> bentoml.Model:
         "timing_samples": export.timing_samples,
         "timing_rounds": export.timing_rounds,
         "golden_size": export.golden_size,
-        "variants": results,
+        "files": results,
         "hybrid": asdict(hybrid) if hybrid else None,
     }
     Path(export.report).parent.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from serving.hybrid import HybridRouter
-from serving.runtime import OnnxTextClassifier, cpu_flags, ms_per_review
-from serving.selfcheck import FP32_FILE, SelfCheckLimits, load_classifier
+from serving.core.hybrid import HybridRouter
+from serving.core.runtime import OnnxTextClassifier, cpu_flags, ms_per_review
+from serving.core.selfcheck import FP32_FILE, SelfCheckLimits, load_classifier
 from serving.settings import BENTO_MODEL
 from training.config import RELEASE_CONFIG, command_line, load_config
 from training.data import load_data
@@ -48,7 +48,7 @@ def measure(settings: ReadLengthConfig) -> dict:
     router = HybridRouter(model.path)
     validation = load_data(load_config(Path(settings.config)).data).splits["validation"]
     texts, labels = validation["text"], np.array(validation["label"])
-    lexical, onward = router.split(texts, router.policy)  # the lexical half does not depend on the read length
+    lexical, onward = router.route(texts, router.policy)  # the lexical half does not depend on the read length
     rows = []
     for length in settings.lengths:
         ids = at_length(served, length).encode(texts)

@@ -35,9 +35,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from loadtests.common import ROOT, bentoml_serve, running, sample_labelled
-from serving.hybrid import HybridRouter
-from serving.runtime import cpu_flags
-from serving.selfcheck import SelfCheckLimits, load_classifier
+from serving.core.hybrid import HybridRouter
+from serving.core.runtime import cpu_flags
+from serving.core.selfcheck import SelfCheckLimits, load_classifier
 from serving.settings import SETTINGS
 
 OUT = ROOT / "reports" / "benchmark"
@@ -122,7 +122,7 @@ def lexical_path(texts: list[str]) -> tuple[list[str], float]:
     """The reviews the served cascade answers without the transformer, and the lexical model's in-process p50 (ms)
     on one of them at a time."""
     router = HybridRouter(served_model().path)
-    onward = set(router.split(texts, router.policy_for("cascade"))[1].tolist())
+    onward = set(router.route(texts, router.policy_for("cascade"))[1].tolist())
     alone = [text for i, text in enumerate(texts) if i not in onward]
     timings = []
     for text in alone[:200]:

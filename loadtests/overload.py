@@ -19,7 +19,7 @@ import numpy as np
 import requests
 
 from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
-from serving.runtime import cpu_flags
+from serving.core.runtime import cpu_flags
 from training.config import command_line
 
 REQUEST_TIMEOUT_S = 30.0

@@ -23,7 +23,7 @@ import pandas as pd
 
 from loadtests.benchmark import TARGET_P95_MS
 from loadtests.common import ROOT, bentoml_serve, running
-from serving.runtime import cpu_flags
+from serving.core.runtime import cpu_flags
 
 OUT = ROOT / "reports" / "loadtest"
 

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 
 from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
-from serving.runtime import cpu_flags
+from serving.core.runtime import cpu_flags
 
 OUT = ROOT / "reports" / "soak"
 PORT = 3320

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from serving.runtime import cpu_flags
+from serving.ab import CHALLENGER, CHAMPION
+from serving.core.runtime import cpu_flags
 from serving.settings import BENTO_MODEL
 from serving.telemetry import digest
-from serving.variants import CHALLENGER, CHAMPION
 from training.config import command_line
 
 

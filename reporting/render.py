@@ -68,10 +68,10 @@ def accuracy_section(metrics: dict, evaluation: dict | None, parity: dict | None
                 f"| {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {r['n']} | `reports/{metrics['name']}/served.json` |"
             )
     if parity:
-        for variant, p in parity["variants"].items():
-            served = ", served" if variant == parity["served"] else ""
+        for file, p in parity["files"].items():
+            served = ", served" if file == parity["served"] else ""
             lines.append(
-                f"| ONNX {variant} (validation; PyTorch {p['reference_accuracy']:.4f}, agreement "
+                f"| ONNX {file} (validation; PyTorch {p['reference_accuracy']:.4f}, agreement "
                 f"{p['agreement']:.4f}{served}) | {p['accuracy']:.4f} | | {p['n']} | `reports/export/parity.json` |"
             )
     return "\n".join(lines)
@@ -206,7 +206,7 @@ def scoring_section(scoring: dict | None, benchmark: dict | None) -> str:
         service = f" The HTTP service ({benchmark['default_system']}): {best['max_rps']:.1f} requests/s of one review."
     return (
         f"`make score`: {scoring['rows']:,} reviews from `{scoring['input']}` on Spark `{scoring['master']}` "
-        f"({scoring['spark_cores']} cores, `{scoring['cpu']}`, {', '.join(scoring['variants'])} transformer, "
+        f"({scoring['spark_cores']} cores, `{scoring['cpu']}`, {', '.join(scoring['files'])} transformer, "
         f"{scoring['hybrid']['mode']}) in {scoring['seconds']:.0f} s: **{scoring['rows_per_second']:.1f} "
         f"reviews/s** (read, shuffle, the executors' model loading and the Parquet write included).{service}"
     )
@@ -262,11 +262,11 @@ def readme_results(metrics: dict, evaluation, parity, benchmark, loadtest, conta
                 f"| `reports/{metrics['name']}/served.json` |"
             )
     if parity:
-        chosen = parity["variants"][parity["served"]]
+        chosen = parity["files"][parity["served"]]
         rows.append(
             f"| ONNX served: {parity['served']}, accuracy (agreement with PyTorch) on {chosen['n']:,} validation "
             f"reviews; ms/review vs fp32 (`{parity['cpu']}`) | {chosen['accuracy']:.4f} ({chosen['agreement']:.4f}); "
-            f"{chosen['ms_per_review']:.1f} vs {parity['variants']['fp32']['ms_per_review']:.1f} "
+            f"{chosen['ms_per_review']:.1f} vs {parity['files']['fp32']['ms_per_review']:.1f} "
             f"({chosen['x_fp32']:.2f}x) | `reports/export/parity.json` |"
         )
     if benchmark:

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from serving.hybrid import HybridRouter
-from serving.runtime import OnnxTextClassifier
-from serving.selfcheck import SelfCheckLimits, load_classifier
+from serving.core.hybrid import HybridRouter
+from serving.core.runtime import OnnxTextClassifier
+from serving.core.selfcheck import SelfCheckLimits, load_classifier
 
 PREDICTION_SCHEMA = (
     "predicted_label string, predicted_label_id int, score double, probabilities array<double>, path string, "
-    "variant string, model_version string"
+    "file string, model_version string"
 )
 PREDICTION_COLUMNS = [column.split()[0] for column in PREDICTION_SCHEMA.split(", ")]
 
@@ -30,7 +30,7 @@ class ExecutorModel:
         self.router = HybridRouter(folder, mode)
         self.transformer: OnnxTextClassifier
         self.transformer, check = load_classifier(folder, limits, workers=threads, recipe=recipe)
-        self.variant = check.served
+        self.file = check.served
 
     def score(self, texts: pd.Series, model_version: str) -> pd.DataFrame:
         """One row of predictions per text; a blank or missing text gets nulls (the API would refuse it)."""
@@ -40,7 +40,7 @@ class ExecutorModel:
         probs, paths = self.router.classify_in_process(texts.iloc[rows].tolist(), self.router.policy, self.transformer)
         for row, p, path in zip(rows, probs, paths, strict=True):
             best = int(p.argmax())
-            values = (self.transformer.label_names[best], best, float(p[best]), p.tolist(), path, self.variant)
+            values = (self.transformer.label_names[best], best, float(p[best]), p.tolist(), path, self.file)
             for name, value in zip(PREDICTION_COLUMNS, (*values, model_version), strict=True):
                 columns[name][row] = value
         return pd.DataFrame(columns, index=texts.index)

@@ -7,7 +7,8 @@ self-check and hybrid decision as the service, one model per Spark Python worker
 The model folder travels to the executors with `SparkContext.addFile`; each executor runs the int8 self-check on its
 own CPU (int8 numerics differ between CPU families) and serves fp32 where it fails, as the service does. Rows keep
 every input column (not their order: keep an id column) and gain predicted_label, predicted_label_id, score,
-probabilities, path (lexical / ensemble / transformer), variant and model_version. A blank or missing text gets
+probabilities, path (lexical / ensemble / transformer), file (the ONNX file served: an int8 recipe or fp32) and
+model_version. A blank or missing text gets
 null predictions (the API refuses it; a batch job must not stop on it).
 """
 
@@ -24,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scoring.executor import PREDICTION_SCHEMA, score_batches
-from serving.hybrid import HybridRouter
-from serving.runtime import cpu_flags
-from serving.selfcheck import SelfCheckLimits, load_classifier
+from serving.core.hybrid import HybridRouter
+from serving.core.runtime import cpu_flags
+from serving.core.selfcheck import SelfCheckLimits, load_classifier
 from serving.settings import BENTO_MODEL
 from training.config import command_line
 
@@ -113,7 +114,7 @@ def run(config: ScoreConfig) -> dict:
             frame.mapInPandas(score, schema).write.mode("overwrite").parquet(config.output)
             seconds = time.perf_counter() - started
             scored = spark.read.parquet(config.output)
-            rows, variants = scored.count(), [r.variant for r in scored.select("variant").distinct().collect()]
+            rows, files = scored.count(), [r.file for r in scored.select("file").distinct().collect()]
         finally:
             spark.stop()
     report = asdict(config) | {
@@ -123,7 +124,7 @@ def run(config: ScoreConfig) -> dict:
         "rows": rows,
         "seconds": round(seconds, 1),
         "rows_per_second": round(rows / seconds, 1),
-        "variants": sorted(v for v in variants if v),
+        "files": sorted(f for f in files if f),
         "recipe": recipe,
         "spark_cores": cores,
         "cpu": cpu_flags(),

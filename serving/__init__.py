@@ -1,2 +1,2 @@
-"""What the serving image ships whole: the ONNX Runtime classifier, the text encoding it shares with training, and
-the service settings. Import-light on purpose (onnxruntime, tokenizers, numpy): the image has no torch."""
+"""What the serving image ships whole: the model core (`serving/core/`) and the service around it (the API's door,
+admission, A/B testing, telemetry, explanations, the web UI, settings)."""

@@ -17,11 +17,11 @@ from collections import defaultdict
 import bentoml
 from pydantic import BaseModel
 
+from serving.ab import CHALLENGER, CHAMPION, Arm
 from serving.batching import dispatch_when_free
-from serving.selfcheck import CheckedModel
+from serving.core.selfcheck import CheckedModel, StoredModel
 from serving.settings import SETTINGS
 from serving.telemetry import SelfCheckGauges
-from serving.variants import CHALLENGER, CHAMPION, StoredModel, VariantName
 
 # The models served, declared once: the API service reads the lexical half and the drift profile from the same ones.
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
@@ -65,7 +65,7 @@ class OnnxClassifier:
     def __init__(self) -> None:
         self.gauges = SelfCheckGauges()
         self.versions: dict[str, CheckedModel] = {}  # by store tag: every version a request may still name
-        self.serving: dict[VariantName, str] = {}  # the tag each A/B arm serves (status, gauges)
+        self.serving: dict[Arm, str] = {}  # the tag each A/B arm serves (status, gauges)
         self.loading = threading.Lock()
         self.calls = self.texts = 0
         served = [(name, model) for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)) if model]
@@ -87,7 +87,7 @@ class OnnxClassifier:
                     self.versions[tag] = checked
             self.publish()
 
-    def serve(self, arm: VariantName, model: CheckedModel) -> None:
+    def serve(self, arm: Arm, model: CheckedModel) -> None:
         """`model` loaded beside the versions already there, and served as `arm` from now on."""
         with self.loading:
             self.versions[model.tag] = model
@@ -121,9 +121,9 @@ class OnnxClassifier:
         return answers
 
     @bentoml.api
-    def reload(self, variant: str, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
-        """Load the store's model `tag` (self-checked) beside the versions loaded, and serve it as `variant`."""
-        self.serve(variant, load(tag))  # type: ignore[arg-type]
+    def reload(self, arm: str, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
+        """Load the store's model `tag` (self-checked) beside the versions loaded, and serve it as `arm`."""
+        self.serve(arm, load(tag))  # type: ignore[arg-type]
         return self.versions[tag].describe()
 
     @bentoml.api

@@ -9,15 +9,19 @@ of word groups: coarser for longer reviews, exact additivity always).
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from serving.hybrid import TRANSFORMER_ONLY, HybridPolicy, HybridRouter
-from serving.selfcheck import served_runtime
-from serving.text import visible_text
+from serving.core.hybrid import TRANSFORMER_ONLY, HybridPolicy, HybridRouter
+from serving.core.selfcheck import served_runtime
+from serving.core.text import visible_text
+from serving.errors import ApiError
+from serving.versions import ModelVersion
 
 WORDS = r"\W+"  # SHAP's text masker splits on non-word characters: attributions are per word
 
@@ -102,3 +106,52 @@ class Explainer:
             evaluations=sum(calls),
             elapsed_ms=round(1000 * (time.perf_counter() - started), 1),
         )
+
+
+class Explanations:
+    """The API worker's explainer, for the champion: built in the background (SHAP compiles its kernels on first use:
+    seconds, and readiness must not wait for it), replaced whole when a new champion is swapped in (the old one
+    answers meanwhile), and behind its own concurrency limit, so explanations never queue in the predict path."""
+
+    def __init__(self, workers: int, max_in_flight: int, max_evals: int):
+        self.workers, self.max_in_flight, self.max_evals = workers, max_in_flight, max_evals
+        self.explaining = 0
+        self.explainer: asyncio.Future[Explainer] | None = None  # until `load_in_background`
+
+    def build(self, version: ModelVersion, recipe: str | None) -> Explainer:
+        """Blocking (seconds): run it in a thread."""
+        return Explainer(version.path, recipe, version.hybrid, self.workers)
+
+    def load_in_background(self, first: Awaitable[tuple[ModelVersion, str | None]]) -> None:
+        """The first explainer, for the version and file `first` names once the classifier has chosen its file."""
+
+        async def load() -> Explainer:
+            version, recipe = await first
+            return await asyncio.to_thread(self.build, version, recipe)
+
+        self.explainer = asyncio.ensure_future(load())
+
+    def use(self, explainer: Explainer) -> None:
+        self.explainer = asyncio.get_running_loop().create_future()
+        self.explainer.set_result(explainer)
+
+    def state(self) -> str:
+        """`ready`, `warming up`, or `unavailable (...)` when loading it failed."""
+        if self.explainer is None or not self.explainer.done():
+            return "warming up"
+        if self.explainer.cancelled():
+            return "unavailable"
+        error = self.explainer.exception()
+        return "ready" if error is None else f"unavailable ({error!r})"
+
+    async def explain(self, text: str, policy: HybridPolicy) -> Explanation:
+        if (state := self.state()) != "ready":
+            raise ApiError(503, f"the explainer is {state}; retry shortly")
+        if self.explaining >= self.max_in_flight:
+            raise ApiError(503, f"over {self.max_in_flight} explanations in flight; retry shortly")
+        self.explaining += 1
+        try:
+            explainer = self.explainer.result()  # type: ignore[union-attr]  (ready: checked above)
+            return await asyncio.to_thread(explainer.explain, text, policy, self.max_evals)
+        finally:
+            self.explaining -= 1

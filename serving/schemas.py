@@ -9,9 +9,10 @@ import numpy as np
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.hybrid import Mode, Route
+from serving.ab import Arm
+from serving.core.hybrid import Mode, Route
 from serving.settings import SETTINGS
-from serving.variants import Variant, VariantName
+from serving.versions import ModelVersion
 
 SAMPLE = "A moving, beautifully acted film: I loved every minute of it."  # Swagger's sample input
 UI_EXAMPLES_FILE = Path(__file__).with_name("examples.json")  # the web UI's: real test reviews (make evaluate-served)
@@ -54,28 +55,28 @@ class Prediction(BaseModel):
         "ensemble, or the transformer alone"
     )
     model_version: str = Field(description="The registered model (name:version) that answered")
-    variant: VariantName = Field(description="The A/B variant that answered (`champion` unless a challenger is served)")
+    variant: Arm = Field(description="The A/B variant that answered (`champion` unless a challenger is served)")
 
     @classmethod
-    def of(cls, probabilities: np.ndarray, path: Route, variant: Variant) -> Prediction:
-        best, label_names = int(probabilities.argmax()), variant.label_names
+    def of(cls, probabilities: np.ndarray, path: Route, version: ModelVersion) -> Prediction:
+        best, label_names = int(probabilities.argmax()), version.label_names
         return cls(
             label=label_names[best],
             label_id=best,
             score=float(probabilities[best]),
             scores=dict(zip(label_names, probabilities.tolist(), strict=True)),
             path=path,
-            model_version=variant.model_version,
-            variant=variant.name,
+            model_version=version.model_version,
+            variant=version.arm,
         )
 
 
 class BatchPrediction(BaseModel):
     predictions: list[Prediction] = Field(description="One prediction per input text, in input order")
     model_version: str
-    variant: VariantName
+    variant: Arm
 
     @classmethod
     def of(cls, predictions: list[Prediction]) -> BatchPrediction:
-        """One request goes to one variant, so the first prediction names the batch's model."""
+        """One request goes to one A/B arm, so the first prediction names the batch's model."""
         return cls(predictions=predictions, model_version=predictions[0].model_version, variant=predictions[0].variant)

@@ -13,7 +13,8 @@ PARSERS = {"str": str, "int": int, "float": float, "bool": lambda raw: raw.strip
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """Every knob of the service; the environment variable of a field is its name in upper case."""
+    """Every knob of the service; the environment variable of a field is its name in upper case (a renamed field
+    also reads its old name, `alias`)."""
 
     bento_model_tag: str = f"{BENTO_MODEL}:latest"
     max_text_chars: int = 50_000
@@ -44,7 +45,8 @@ class ServiceSettings:
     hybrid_mode: str = ""  # transformer | ensemble | cascade; empty: the mode chosen on validation (hybrid.json)
     # A/B testing (docs/MLOPS.md): a challenger's export beside the champion's; empty: the champion answers alone.
     challenger_model_tag: str = ""  # e.g. imdb-sentiment-onnx-challenger:latest (make export-challenger)
-    ab_mode: str = "split"  # split: challenger_share of the users get it; shadow: it answers copies, never users
+    # split: challenger_share of the users get it; shadow: it answers copies, never users (AB_MODE: its old name)
+    ab_rollout: str = field(default="split", metadata={"alias": "AB_MODE"})
     challenger_share: float = 0.1
     max_shadow_in_flight: int = 8  # shadow copies past this are skipped (counted): they must never slow the answers
     prediction_log: str = ""  # also append each request's JSON log line to this file (make ab-report reads it)
@@ -62,7 +64,7 @@ class ServiceSettings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
         values = {}
         for f in dataclasses.fields(cls):
-            raw = env.get(f.name.upper())
+            raw = env.get(f.name.upper(), env.get(f.metadata.get("alias", "")))
             if raw is None:
                 continue
             values[f.name] = PARSERS[f.type](raw)

@@ -16,11 +16,11 @@ import bentoml
 import numpy as np
 from pythonjsonlogger.json import JsonFormatter
 
-from serving.drift import FEATURES, PSI_ALERT, DriftMonitor, TextStatistics, answer_statistics
+from serving.ab import CHAMPION, Arm
+from serving.core.drift import FEATURES, PSI_ALERT, DriftMonitor, TextStatistics, answer_statistics
+from serving.core.selfcheck import SelfCheck
 from serving.schemas import Prediction
-from serving.selfcheck import SelfCheck
 from serving.settings import ServiceSettings
-from serving.variants import CHAMPION, VariantName
 
 
 def digest(value: str) -> str:
@@ -30,12 +30,12 @@ def digest(value: str) -> str:
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """Who asked, where, when it started and which A/B variant answered (shadow: a copy the user never saw)."""
+    """Who asked, where, when it started and which A/B arm answered (shadow: a copy the user never saw)."""
 
     request_id: str
     endpoint: str
     key: str  # the sticky A/B key: the x-user-id header, else the request id
-    variant: VariantName
+    arm: Arm  # logged and metered as `variant`, the API's name for it
     started: float
     shadow: bool = False
 
@@ -44,7 +44,7 @@ class RequestRecord:
             "request_id": self.request_id,
             "endpoint": self.endpoint,
             "user": digest(self.key),
-            "variant": self.variant,
+            "variant": self.arm,
             "shadow": self.shadow,
             "batch_size": len(texts),
             "latency_ms": round(1000 * latency_s, 2),
@@ -156,18 +156,18 @@ class RequestTelemetry:
 
     def _write(self, request: RequestRecord, texts: list[str], predictions: list[Prediction], latency_s: float) -> None:
         """The drift monitor sees the champion's answers only (its reference profile is the champion's)."""
-        variant, shadow = request.variant, str(request.shadow).lower()
-        self.requests.labels(variant=variant, shadow=shadow).inc()
-        self.latency.labels(variant=variant, shadow=shadow).observe(latency_s)
+        arm, shadow = request.arm, str(request.shadow).lower()
+        self.requests.labels(variant=arm, shadow=shadow).inc()  # `variant`: the arm's name in the metrics
+        self.latency.labels(variant=arm, shadow=shadow).observe(latency_s)
         for prediction in predictions:
-            self.predictions.labels(label=prediction.label, variant=variant).inc()
-            self.confidence.labels(variant=variant).observe(prediction.score)
+            self.predictions.labels(label=prediction.label, variant=arm).inc()
+            self.confidence.labels(variant=arm).observe(prediction.score)
         extra = {}
         if not request.shadow:
             for prediction in predictions:
                 self.routed.labels(path=prediction.path).inc()
             self.request_texts.labels(endpoint=request.endpoint).observe(len(texts))
-            if variant == CHAMPION:
+            if arm == CHAMPION:
                 self.unobserved.append((texts, predictions))
             extra = {"texts": texts} if self.log_text else {}
         self.log.info("prediction", extra=request.log_fields(texts, predictions, latency_s) | extra)
@@ -253,8 +253,8 @@ class SelfCheckGauges:
 
     def publish(self, check: SelfCheck) -> None:
         self.agreement.set(check.agreement if check.agreement is not None else -1)
-        for variant in ("int8", "fp32"):
-            self.served.labels(variant=variant).set(int(variant == check.served))
+        for kind in ("int8", "fp32"):  # the older gauge's label `variant` names the kind of file
+            self.served.labels(variant=kind).set(int(kind == check.served))
         served = check.recipe or "fp32"
         for file, measured in ({"fp32": {}} | check.files).items():
             self.served_file.labels(file=file).set(int(file == served))

@@ -25,11 +25,11 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from serving.ab import CHAMPION
 from serving.errors import ApiError
 from serving.explain import Explanation
 from serving.schemas import UI_EXAMPLES_FILE, BatchRequest, PredictRequest
 from serving.settings import SETTINGS
-from serving.variants import CHAMPION
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 TEXT_COLUMN = "text"

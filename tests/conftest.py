@@ -79,6 +79,6 @@ os.environ.setdefault("BENTOML_HOME", str(Path(__file__).resolve().parents[1] / 
 
 def pytest_report_header(config) -> str:
     """The CPU flags that decide ONNX Runtime's int8 kernels, at the top of every test log."""
-    from serving.runtime import cpu_flags
+    from serving.core.runtime import cpu_flags
 
     return f"cpu: {cpu_flags()}"

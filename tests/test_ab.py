@@ -20,8 +20,8 @@ import requests
 from loadtests.common import bentoml_serve, running, sample_labelled
 from reporting.ab import ABReportConfig
 from reporting.ab import run as ab_report
+from serving.ab import Allocation, bucket
 from serving.settings import ServiceSettings
-from serving.variants import Split, bucket
 from tests.conftest import free_port
 from tests.test_training_pipeline import tiny_config
 from training.registry import register
@@ -48,14 +48,14 @@ def export(env: dict[str, str], cwd: Path, *models: tuple[str, str]) -> None:
 
 def test_the_split_sends_its_share_of_users_and_shadow_sends_none():
     keys = [f"user-{i}" for i in range(20_000)]
-    split = Split("split", 0.1, has_challenger=True)
+    split = Allocation("split", 0.1, has_challenger=True)
     share = sum(split.assign(k) == "challenger" for k in keys) / len(keys)
     assert abs(share - 0.1) < 0.01  # sha256 spreads keys evenly; a sample of 20,000 is within 0.6 points (3 sigma)
     assert all(split.assign(k) == split.assign(k) for k in keys[:100])  # sticky
-    assert {Split("shadow", 0.1, True).assign(k) for k in keys} == {"champion"}
-    assert {Split("split", 1.0, has_challenger=False).assign(k) for k in keys} == {"champion"}
+    assert {Allocation("shadow", 0.1, True).assign(k) for k in keys} == {"champion"}
+    assert {Allocation("split", 1.0, has_challenger=False).assign(k) for k in keys} == {"champion"}
     with pytest.raises(ValueError):
-        Split("canary", 0.1, True)
+        Allocation("canary", 0.1, True)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def serve(store: dict, log: Path, **settings: str):
 def split_server(store, tmp_path_factory):
     """Half the users on the challenger; the store is polled every second (the reload test exports into it)."""
     log = tmp_path_factory.mktemp("split") / "predictions.jsonl"
-    url, server = serve(store, log, AB_MODE="split", CHALLENGER_SHARE="0.5", MODEL_POLL_S="1")
+    url, server = serve(store, log, AB_ROLLOUT="split", CHALLENGER_SHARE="0.5", MODEL_POLL_S="1")
     with server:
         yield url, log
 

@@ -28,7 +28,7 @@ COMMANDS = {
     "training.evaluate": "data.max_test_samples",
     "training.registry": "registered_model",
     "export.export": "min_agreement",
-    "training.retrain": "max_class_regression",
+    "export.retrain": "max_class_regression",
     "reporting.ab": "alpha",
     "loadtests.ab_traffic": "users",
 }
@@ -46,4 +46,5 @@ def test_service_settings_come_from_the_environment_in_one_place():
     assert settings.max_batch_size == 80  # a batch must hold the largest /predict_batch request
     assert ServiceSettings.from_env({}) == ServiceSettings()
     ab = ServiceSettings.from_env({"CHALLENGER_SHARE": "0.25", "AB_MODE": "shadow", "MODEL_POLL_S": "0"})
-    assert (ab.challenger_share, ab.ab_mode, ab.model_poll_s) == (0.25, "shadow", 0.0)
+    assert (ab.challenger_share, ab.ab_rollout, ab.model_poll_s) == (0.25, "shadow", 0.0)  # AB_MODE: the old name
+    assert ServiceSettings.from_env({"AB_ROLLOUT": "shadow", "AB_MODE": "split"}).ab_rollout == "shadow"

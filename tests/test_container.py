@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from loadtests import common
-from serving.runtime import cpu_flags
+from serving.core.runtime import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = [str(ROOT / ".ci" / "engine.sh")]

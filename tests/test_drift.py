@@ -12,9 +12,9 @@ import pytest
 import requests
 import yaml
 
-from serving.drift import FEATURES, PROFILE_FILE, PSI_ALERT, DriftMonitor, TextStatistics, answer_statistics
-from serving.hybrid import HybridRouter
-from serving.selfcheck import SelfCheckLimits, load_classifier
+from serving.core.drift import FEATURES, PROFILE_FILE, PSI_ALERT, DriftMonitor, TextStatistics, answer_statistics
+from serving.core.hybrid import HybridRouter
+from serving.core.selfcheck import SelfCheckLimits, load_classifier
 from serving.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,11 +16,11 @@ import pytest
 import requests
 from onnx import numpy_helper
 
-from export.export import ExportConfig, ParityError, choose, evaluate_variants, export_onnx, rescore_margin
+from export.export import ExportConfig, ParityError, choose, evaluate_files, export_onnx, rescore_margin
 from export.quantize import DEFAULTS
-from serving.drift import PROFILE_FILE
-from serving.runtime import OnnxTextClassifier, top_two_margin
-from serving.selfcheck import (
+from serving.core.drift import PROFILE_FILE
+from serving.core.runtime import OnnxTextClassifier, top_two_margin
+from serving.core.selfcheck import (
     FP32_FILE,
     GOLDEN_FILE,
     INT8_MANIFEST,
@@ -131,7 +131,7 @@ def test_damaged_model_is_refused(tiny_registered, tmp_path):
     assert len(damaged) == 2, damaged  # weight and bias
     onnx.save(graph, onnx_dir / FP32_FILE)
     export = ExportConfig(int8_candidates=[], search_samples=0, timing_samples=4)
-    results = evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
+    results = evaluate_files(onnx_dir, t["reference"], t["ids"], t["labels"], export)
     with pytest.raises(ParityError, match="fp32 export disagrees"):
         choose(results)
 
@@ -142,12 +142,12 @@ def test_int8_that_misses_the_gate_falls_back_to_fp32(tiny_registered, tmp_path)
     impossible = ExportConfig(
         int8_candidates=["int8-dynamic", "int8-static-qdq"], min_agreement=1.01, search_samples=8, timing_samples=4
     )
-    results = evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], impossible)
+    results = evaluate_files(onnx_dir, t["reference"], t["ids"], t["labels"], impossible)
     assert set(results) == {"fp32", "int8-dynamic", "int8-static-qdq"}
     shipped, warning = choose(results)
     assert shipped == [] and "fp32 is served" in warning and "agreement" in warning
     passing = ExportConfig(int8_candidates=["int8-dynamic"], min_agreement=0.0, max_accuracy_drop=1.0, search_samples=8)
-    assert choose(evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], passing))[0] == ["int8-dynamic"]
+    assert choose(evaluate_files(onnx_dir, t["reference"], t["ids"], t["labels"], passing))[0] == ["int8-dynamic"]
 
 
 def test_ships_the_fastest_and_the_most_faithful_int8_file():
@@ -170,7 +170,7 @@ def test_rescoring_margin_covers_every_flip_seen_and_fp32_answers_below_it(tiny_
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
     export = ExportConfig(int8_candidates=["int8-fused-rescored"], min_agreement=0.0, search_samples=8)
-    results = evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
+    results = evaluate_files(onnx_dir, t["reference"], t["ids"], t["labels"], export)
     assert results["int8-fused-rescored"]["rescore_below"] > 0  # chosen on the 8 held-out reviews
     fp32 = OnnxTextClassifier(onnx_dir, FP32_FILE)
     int8 = OnnxTextClassifier(onnx_dir, "int8-fused-rescored.onnx")
@@ -196,10 +196,10 @@ def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
     profile = json.loads((model_yaml.parent / PROFILE_FILE).read_text())
     assert profile["n"] == 32 and sum(profile["features"]["tokens"]["shares"]) == pytest.approx(1.0)
     metadata = model_yaml.read_text()
-    assert "mlflow_version: '1'" in metadata and f"variant: {shipped[0]}" in metadata
-    assert report["served"] == shipped[0] and report["variants"]["fp32"]["agreement"] == 1.0
-    assert report["variants"]["fp32"]["n"] == len(tiny_registered["ids"]) - 8  # the search rows held out
-    assert all(r["ms_per_review"] > 0 for r in report["variants"].values())
+    assert "mlflow_version: '1'" in metadata and f"file: {shipped[0]}" in metadata
+    assert report["served"] == shipped[0] and report["files"]["fp32"]["agreement"] == 1.0
+    assert report["files"]["fp32"]["n"] == len(tiny_registered["ids"]) - 8  # the search rows held out
+    assert all(r["ms_per_review"] > 0 for r in report["files"].values())
     again, _ = run_export_cli(tiny_registered, tmp_path, "--if-missing")
     assert again.returncode == 0 and "skipping export" in again.stdout
 
@@ -216,7 +216,7 @@ def test_selfcheck_serves_fp32_first_then_int8_unless_it_strays_on_this_cpu(tiny
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
     export = ExportConfig(int8_candidates=["int8-dynamic"], search_samples=8, timing_samples=4)
-    evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
+    evaluate_files(onnx_dir, t["reference"], t["ids"], t["labels"], export)
     save_int8_files(onnx_dir / INT8_MANIFEST, [Int8File("int8-dynamic", "int8-dynamic.onnx")])
     golden = t["ids"][:16]
     fp32 = OnnxTextClassifier(onnx_dir, FP32_FILE).predict_ids(golden)
@@ -245,7 +245,7 @@ def test_a_prediction_does_not_depend_on_its_batch_mates(tiny_registered, tmp_pa
     t = tiny_registered
     onnx_dir = export_onnx(t["model"], t["tokenizer"], t["config"], tmp_path / "onnx")
     export = ExportConfig(int8_candidates=["int8-dynamic"], search_samples=8, timing_samples=4)
-    evaluate_variants(onnx_dir, t["reference"], t["ids"], t["labels"], export)
+    evaluate_files(onnx_dir, t["reference"], t["ids"], t["labels"], export)
     for file in (FP32_FILE, "int8-dynamic.onnx"):
         runtime = OnnxTextClassifier(onnx_dir, file, workers=2)
         alone = np.concatenate([runtime.predict_ids([x]) for x in t["ids"][:12]])

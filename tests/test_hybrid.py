@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serving.hybrid import LEXICAL_FILE, HybridPolicy, LexicalModel, lexical_text, top_two_margin
+from serving.core.hybrid import LEXICAL_FILE, HybridPolicy, LexicalModel, lexical_text, top_two_margin
 from training.config import DataConfig, HybridConfig
 from training.data import load_data
 from training.lexical import THRESHOLDS, choose_policy, export_lexical, train_lexical

@@ -16,13 +16,13 @@ from mlflow import MlflowClient
 
 import training.fit as fit_module
 from export.export import in_store
+from export.retrain import HELD_OUT_PART, TRAIN_PART, RetrainConfig, gate, run
 from tests.test_training_pipeline import RELEASE_CONFIG, KillAt, tiny_config, tiny_overrides
 from training import lexical
 from training.config import DataConfig, build
 from training.data import DataSourceError, load_data
 from training.metrics import classification_metrics
 from training.registry import register
-from training.retrain import HELD_OUT_PART, TRAIN_PART, RetrainConfig, gate, run
 from training.train import run as train
 
 pytestmark = pytest.mark.timeout(600)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import requests
 
-from serving.hybrid import LEXICAL_FILE, HybridPolicy, LexicalModel
+from serving.core.hybrid import LEXICAL_FILE, HybridPolicy, LexicalModel
 from serving.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]

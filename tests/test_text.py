@@ -1,4 +1,4 @@
-from serving.text import EncodingConfig, clean_text, encode, tokenizer_from_file, visible_text
+from serving.core.text import EncodingConfig, clean_text, encode, tokenizer_from_file, visible_text
 from training.config import BUNDLED_MODEL, resolve_checkpoint
 
 TOKENIZER = tokenizer_from_file(f"{resolve_checkpoint(BUNDLED_MODEL)}/tokenizer.json")
@@ -35,7 +35,7 @@ def test_head_and_tail_strategies():
 
 
 def test_training_and_serving_tokenizers_agree():
-    from serving.text import without_truncation
+    from serving.core.text import without_truncation
     from training.modeling import load_tokenizer as load_hf_tokenizer
 
     texts = ["It was <br />dreadful.", "x " * 1000]

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from transformers import TrainerCallback
 
 import training.fit as fit_module
-from serving.hybrid import LEXICAL_FILE, POLICY_FILE
+from serving.core.hybrid import LEXICAL_FILE, POLICY_FILE
 from training import lexical
 from training.config import load_config
 from training.data import load_data

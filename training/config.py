@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from serving.text import EncodingConfig
+from serving.core.text import EncodingConfig
 
 T = TypeVar("T")
 RELEASE_CONFIG = Path("training/configs/imdb-minilm-lora.yaml")
@@ -35,7 +35,7 @@ class DataConfig:
 
     `name` is a folder under `data_dir` (holding `train`/`test` files as .parquet, .csv or .jsonl) or a
     path to such a folder or a single file; `hub_id` is the Hugging Face dataset used when no local copy exists.
-    `extra_train` adds more training data of the same classes (what `training.retrain` trains a challenger on).
+    `extra_train` adds more training data of the same classes (what `export.retrain` trains a challenger on).
     """
 
     name: str = "imdb"

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import CountVectorizer
 
-from serving.text import clean_text, without_truncation
+from serving.core.text import clean_text, without_truncation
 from training.config import RELEASE_CONFIG, ExperimentConfig, command_line
 from training.data import read_splits
 from training.modeling import load_tokenizer

@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from serving.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel, ensemble, top_two_margin
+from serving.core.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel, ensemble, top_two_margin
+from serving.core.text import EncodingConfig
 from serving.settings import BENTO_MODEL
-from serving.text import EncodingConfig
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line
 from training.lexical import cascade_curve
 from training.metrics import classification_metrics
@@ -264,16 +264,16 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     through the service's own runtime; writes `reports/<name>/served.json` and the web UI's example reviews."""
     import bentoml
 
-    from serving.runtime import cpu_flags
+    from serving.core.runtime import cpu_flags
+    from serving.core.selfcheck import SelfCheckLimits, load_classifier
     from serving.schemas import UI_EXAMPLES_FILE
-    from serving.selfcheck import SelfCheckLimits, load_classifier
     from training.data import load_data
 
     model = bentoml.models.get(bento_model)
     test = load_data(config.data).splits["test"]
     labels = np.array(test["label"])
     transformer, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
-    result = {"bento_model": str(model.tag), "variant": check.recipe or "fp32", "cpu": cpu_flags()}
+    result = {"bento_model": str(model.tag), "file": check.recipe or "fp32", "cpu": cpu_flags()}
     name = transformer.model_file
     if transformer.rescorer is not None:  # the answers int8 is unsure of come from fp32
         result["fp32_rescores_below_margin"] = transformer.rescore_below

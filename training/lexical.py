@@ -27,7 +27,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 
-from serving.hybrid import (
+from serving.core.hybrid import (
     LEXICAL_FILE,
     POLICY_FILE,
     TOKEN_PATTERN,
@@ -37,7 +37,7 @@ from serving.hybrid import (
     lexical_text,
     top_two_margin,
 )
-from serving.text import unpack_ids
+from serving.core.text import unpack_ids
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, HybridConfig, command_line, flatten
 from training.modeling import PARITY_SAMPLE, load_tokenizer, load_trained, predict_ids
 from training.registry import setup_tracking

@@ -11,7 +11,7 @@ import yaml
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from serving.text import EncodingConfig, encode, pack_ids, without_truncation
+from serving.core.text import EncodingConfig, encode, pack_ids, without_truncation
 from training.config import ExperimentConfig, ModelConfig, resolve_checkpoint
 
 

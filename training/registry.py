@@ -7,7 +7,7 @@ parity sample and (when `make lexical` made them) the lexical model and hybrid p
 version. A new version becomes `challenger`; it is promoted to `champion` only if what it serves beats the champion on
 the same validation split (the champion's transformer is re-scored when its tag names another split), or ties it while
 sending fewer reviews to the transformer (the same answers for less compute).
-`training.retrain` registers with that gate off and applies its own verdict here (`settle`).
+`export.retrain` registers with that gate off and applies its own verdict here (`settle`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from serving.hybrid import LEXICAL_FILE, POLICY_FILE
-from serving.text import unpack_ids
+from serving.core.hybrid import LEXICAL_FILE, POLICY_FILE
+from serving.core.text import unpack_ids
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line, flatten
 from training.modeling import PARITY_SAMPLE, load_tokenizer, load_trained, predict_ids
 
@@ -94,7 +94,7 @@ def assign_alias(
 
 
 def settle(client: MlflowClient, name: str, version: str, promote: bool, tags: dict[str, str]) -> str:
-    """Apply an outside gate's verdict (`training.retrain`'s) on a `challenger`: its tags on the version, and
+    """Apply an outside gate's verdict (`export.retrain`'s) on a `challenger`: its tags on the version, and
     `champion` moved to it when promoted (`challenger` then leaves it); returns the version's alias."""
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)

@@ -22,7 +22,7 @@ import torch
 import yaml
 from transformers import AutoModel, set_seed
 
-from serving.text import encode, pack_ids, unpack_ids, without_truncation
+from serving.core.text import encode, pack_ids, unpack_ids, without_truncation
 from training.config import RELEASE_CONFIG, ExperimentConfig, config_from_dict, load_config, resolve_checkpoint
 from training.fit import fit
 from training.modeling import build_model, load_tokenizer, save_trained

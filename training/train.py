@@ -19,7 +19,7 @@ import mlflow
 import yaml
 from transformers import set_seed
 
-from serving.text import encode, without_truncation
+from serving.core.text import encode, without_truncation
 from training.config import RELEASE_CONFIG, ExperimentConfig, command_line, flatten
 from training.data import LoadedData, load_data
 from training.fit import fit, hardware, is_main_process, world_size

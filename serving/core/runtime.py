@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serving.text import EncodingConfig, encode, tokenizer_from_file
+from serving.core.text import EncodingConfig, encode, tokenizer_from_file
 
 if TYPE_CHECKING:
     import onnxruntime as ort

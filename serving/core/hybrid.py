@@ -17,8 +17,8 @@ from typing import Literal
 
 import numpy as np
 
-from serving.runtime import OnnxTextClassifier, softmax, top_two_margin
-from serving.text import clean_text
+from serving.core.runtime import OnnxTextClassifier, softmax, top_two_margin
+from serving.core.text import clean_text
 
 LEXICAL_FILE, POLICY_FILE = "lexical.onnx.gz", "hybrid.json"  # gzip: its vocabulary compresses 2.4x
 Mode = Literal["transformer", "ensemble", "cascade"]
@@ -128,7 +128,7 @@ class HybridRouter:
             raise ValueError(f"mode {mode!r} needs the hybrid's lexical model, which this export lacks")
         return self.policy.with_mode(mode) if mode else self.policy
 
-    def split(self, texts: list[str], policy: HybridPolicy) -> tuple[np.ndarray | None, np.ndarray]:
+    def route(self, texts: list[str], policy: HybridPolicy) -> tuple[np.ndarray | None, np.ndarray]:
         """The lexical model's probabilities (None in transformer mode) and the indices the transformer must see."""
         lexical = self.lexical.predict_proba(texts) if policy.mode != "transformer" else None
         return lexical, policy.onward(lexical, len(texts))
@@ -136,7 +136,7 @@ class HybridRouter:
     async def classify(
         self, texts: list[str], policy: HybridPolicy, transformer: Transformer
     ) -> tuple[np.ndarray, list[Route]]:
-        lexical, onward = self.split(texts, policy)
+        lexical, onward = self.route(texts, policy)
         scores = await transformer([texts[i] for i in onward]) if len(onward) else []
         return policy.merge(lexical, np.array(scores), onward, len(texts))
 
@@ -144,7 +144,7 @@ class HybridRouter:
         self, texts: list[str], policy: HybridPolicy, transformer: OnnxTextClassifier
     ) -> tuple[np.ndarray, list[Route]]:
         """The same decision with the transformer in this process: for explanations and offline (Spark) scoring."""
-        lexical, onward = self.split(texts, policy)
+        lexical, onward = self.route(texts, policy)
         return policy.merge(lexical, transformer.predict_proba([texts[i] for i in onward]), onward, len(texts))
 
     def describe(self) -> dict:

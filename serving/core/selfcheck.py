@@ -15,12 +15,23 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from serving.runtime import OnnxTextClassifier, cpu_flags, ms_per_review
-from serving.text import pack_ids, unpack_ids
-from serving.variants import StoredModel
+from serving.core.runtime import OnnxTextClassifier, cpu_flags, ms_per_review
+from serving.core.text import pack_ids, unpack_ids
+
+
+class StoredModel(Protocol):
+    """What a BentoML model offers, whether declared in the service (`BentoModel`) or read from the store."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def info(self): ...
+
 
 FP32_FILE, GOLDEN_FILE, INT8_MANIFEST = "model.onnx", "golden.npz", "int8.json"
 NO_INT8 = "no int8 file passed the export's parity gate"

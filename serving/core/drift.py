@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from serving.runtime import CONFIG_FILE, TOKENIZER_FILE
-from serving.text import EncodingConfig, clean_text, tokenizer_from_file
+from serving.core.runtime import CONFIG_FILE, TOKENIZER_FILE
+from serving.core.text import EncodingConfig, clean_text, tokenizer_from_file
 
 PROFILE_FILE = "reference_profile.json"
 WORD = re.compile(r"[^\W\d_]+")  # alphabetic words: the ones a vocabulary can miss

@@ -1,0 +1,56 @@
+"""The transformer's service seen from the API worker: each call names the model version that must answer, waits
+its turn behind admission (`admission.py`), comes back within the deadline, and survives a stale pooled connection.
+
+`client()` returns BentoML's async client of `OnnxClassifier` (`classifier.py`); nothing else in the API worker
+talks to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from serving.ab import Arm
+from serving.admission import TransformerAdmission
+from serving.versions import ModelVersion
+
+STATUS_TIMEOUT_S = 2.0
+CONNECTION_RETRIES = 3  # stale pooled connections a call may meet before it reaches the classifier
+
+
+class ClassifierClient:
+    def __init__(self, client: Callable[[], Any], admission: TransformerAdmission, deadline_s: float):
+        self.client, self.admission, self.deadline_s = client, admission, deadline_s
+
+    async def classify(self, texts: list[str], version: ModelVersion) -> list[list[float]]:
+        """`version`'s class probabilities for `texts`: a fast 503 when they would wait too long (admission)."""
+        asks = [{"model": version.tag, "text": text} for text in texts]  # answered by this version and no other
+
+        async def classify() -> list[list[float]]:
+            for _ in range(CONNECTION_RETRIES):
+                try:
+                    return await self.client().classify(asks)
+                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                    # A pooled connection the classifier had closed (its server drops idle keep-alive connections
+                    # after 5 s, the client keeps them 15 s, and a pool can hold several; BentoML exposes neither),
+                    # or a restarting worker: `classify` is pure, send it again (within the deadline).
+                    pass
+            return await self.client().classify(asks)
+
+        with self.admission.admit(len(texts)):
+            return await asyncio.wait_for(classify(), self.deadline_s)
+
+    async def status(self) -> dict:
+        """The champion's file served and its self-check on this CPU, the batches run, the versions loaded."""
+        return await asyncio.wait_for(self.client().status(), STATUS_TIMEOUT_S)
+
+    async def reload(self, arm: Arm, tag: str) -> dict:
+        """The store's model `tag` loaded and self-checked beside the others, served as `arm`: its self-check."""
+        return await self.client().reload(arm=arm, tag=tag)
+
+    async def retire(self, tag: str) -> None:
+        """Version `tag` unloaded: no request names it any more."""
+        await self.client().retire(tag=tag)
