@@ -24,6 +24,7 @@ from serving.ab import Allocation, bucket
 from serving.settings import ServiceSettings
 from tests.conftest import free_port
 from tests.test_training_pipeline import tiny_config
+from training import lexical
 from training.registry import register
 from training.train import run as train
 
@@ -60,8 +61,9 @@ def test_the_split_sends_its_share_of_users_and_shadow_sends_none():
 
 @pytest.fixture(scope="module")
 def store(tiny_checkpoint, data_dir, tmp_path_factory):
-    """Two versions of a tiny model (1 and 6 training steps: they answer differently), registered, version 1 exported
-    as the champion and version 2 as the challenger, in an MLflow store and a BentoML store of this module's own."""
+    """Two versions of a tiny model (1 and 6 training steps, lexical halves of other strengths: they answer
+    differently), registered with their hybrid policies, version 1 exported as the champion and version 2 as the
+    challenger, in an MLflow store and a BentoML store of this module's own."""
     tmp = tmp_path_factory.mktemp("ab")
     env = os.environ | {
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
@@ -72,9 +74,11 @@ def store(tiny_checkpoint, data_dir, tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
     os.chdir(tmp)
     try:
-        for steps in (1, 6):
-            config = tiny_config(tiny_checkpoint, data_dir, tmp / f"steps-{steps}", **{"train.max_steps": steps})
+        for steps, strength in ((1, 8.0), (6, 0.05)):  # transformers and lexical halves that answer differently
+            overrides = {"train.max_steps": steps, "hybrid.C": strength}
+            config = tiny_config(tiny_checkpoint, data_dir, tmp / f"steps-{steps}", **overrides)
             train(config)
+            lexical.run(Path(config.models_dir) / config.name, config)
             register(Path(config.models_dir) / config.name, config)
     finally:
         os.chdir(cwd)
