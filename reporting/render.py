@@ -18,7 +18,7 @@ import pandas as pd
 from safetensors import safe_open
 from transformers import AutoConfig
 
-from training.config import RELEASE_MODEL_DIR, ExperimentConfig, load_config, resolve_checkpoint
+from training.config import RELEASE_MODEL_DIR, ExperimentConfig, hub_id, load_config, resolve_checkpoint
 
 MODEL_DIR = RELEASE_MODEL_DIR
 TEMPLATES = jinja2.Environment(
@@ -229,6 +229,7 @@ def base_model_facts(config: ExperimentConfig) -> dict[str, Any]:
         parameters = sum(int(np.prod(weights.get_slice(key).get_shape())) for key in weights.keys())  # noqa: SIM118
     return {
         "name": config.model.checkpoint,
+        "hub_id": hub_id(config.model.checkpoint),
         "model_type": base.model_type,
         "layers": base.num_hidden_layers,
         "hidden": base.hidden_size,
@@ -350,10 +351,10 @@ def main() -> None:
         base=base_model_facts(config),
         training=training_section(metrics),
     )
-    (MODEL_DIR / "MODEL_CARD.md").write_text(card)
+    (MODEL_DIR / "README.md").write_text(card)  # the name the Hugging Face Hub reads
     results = readme_results(metrics, evaluation, parity, benchmark, loadtest, container, served)
     replace_between(README, "results", results)
-    print(f"wrote {REPORTS / 'PERFORMANCE.md'}, {MODEL_DIR / 'MODEL_CARD.md'} and the results table in {README}")
+    print(f"wrote {REPORTS / 'PERFORMANCE.md'}, {MODEL_DIR / 'README.md'} (the model card) and the README's table")
 
 
 if __name__ == "__main__":

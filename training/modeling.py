@@ -12,7 +12,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from serving.core.text import EncodingConfig, encode, pack_ids, without_truncation
-from training.config import ExperimentConfig, ModelConfig, resolve_checkpoint
+from training.config import ExperimentConfig, ModelConfig, hub_id, resolve_checkpoint
 
 
 def device() -> torch.device:
@@ -51,12 +51,12 @@ def build_model(config: ModelConfig, label_names: list[str]) -> PreTrainedModel:
 
 
 def save_adapter(model: PeftModel, directory: Path, checkpoint: str) -> None:
-    """Save the LoRA adapter with a portable base reference (no machine path in a committed file)."""
+    """Save the LoRA adapter naming its base as the Hub knows it (no machine path in a committed file)."""
     model.save_pretrained(directory)
-    (directory / "README.md").unlink(missing_ok=True)  # peft's empty model-card template; MODEL_CARD.md is ours
+    (directory / "README.md").unlink(missing_ok=True)  # peft's empty card template; `make report` renders ours
     config_path = directory / "adapter_config.json"
     adapter_config = json.loads(config_path.read_text())
-    adapter_config["base_model_name_or_path"] = checkpoint
+    adapter_config["base_model_name_or_path"] = hub_id(checkpoint)
     config_path.write_text(json.dumps(adapter_config, indent=2) + "\n")
 
 
