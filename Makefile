@@ -16,18 +16,22 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
+.PHONY: install lock lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
 	loadtest benchmark overload read-length soak score ab-traffic ab-report report mlflow-ui notebook test all
 
-install:  ## .venv from requirements.txt (torch is the CPU build); Debian's chromium (UI test) and Java (Spark)
+install:  ## .venv from the lock (requirements.txt; torch is the CPU build), then this project; Debian's chromium (UI test) and Java (Spark)
 	python3.11 -m venv .venv
 	.venv/bin/pip install --upgrade pip==26.3
 	.venv/bin/pip install -r requirements.txt
+	.venv/bin/pip install --no-deps --no-build-isolation -e .
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "tests/test_ui.py needs Debian's chromium: sudo apt-get install chromium"
 	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
 		|| echo "make score (Spark) needs Java 17+: sudo apt-get install default-jre-headless"
+
+lock:  ## requirements.txt and requirements-serve.txt from pyproject.toml's extras, at the versions installed (.ci/lock.py)
+	$(PYTHON) .ci/lock.py
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

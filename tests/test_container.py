@@ -63,7 +63,7 @@ def test_image_carries_only_the_serving_code(container):
         "bentofile.yaml",
         "service.py",
         "requirements-serve.txt",
-        *(f"serving/{p.name}" for p in (ROOT / "serving").glob("*.py")),
+        *(str(p.relative_to(ROOT)) for p in (ROOT / "serving").glob("**/*.py")),
         "serving/examples.json",
     }
 
