@@ -1,8 +1,9 @@
 # The verbs a user needs. Everything runs from the project's own .venv.
 PYTHON := .venv/bin/python
 CONFIG ?= training/configs/imdb-minilm-lora.yaml
-MODEL_DIR ?= models/imdb-minilm-lora
-MODEL_URI ?= models:/imdb-sentiment@champion
+# MODEL_DIR, MODEL_URI and BENTO_MODEL follow CONFIG (its name and registered_model: ExperimentConfig.stage_names)
+$(foreach name,$(shell $(PYTHON) -m training.config $(CONFIG) 2>/dev/null),$(eval $(subst =, ?= ,$(name))))
+export BENTO_MODEL_TAG ?= $(BENTO_MODEL):latest
 PORT ?= 3000
 IMAGE_TAG ?= imdb-sentiment:latest
 NPROC ?= 1
@@ -25,6 +26,7 @@ install:  ## .venv from the lock (requirements.txt; torch is the CPU build), the
 	.venv/bin/pip install --upgrade pip==26.3
 	.venv/bin/pip install -r requirements.txt
 	.venv/bin/pip install --no-deps --no-build-isolation -e .
+	$(PYTHON) .ci/bentoml_home.py  # plain `bentoml serve` in a fresh shell finds this project's store
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "tests/test_ui.py needs Debian's chromium: sudo apt-get install chromium"
 	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
@@ -70,10 +72,10 @@ register:  ## the only registry writer: committed adapter -> MLflow version, cha
 	$(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
 
 export:  ## registry model -> ONNX fp32 + int8 candidates -> parity gate -> BentoML model store
-	$(PYTHON) -m export.export model_uri=$(MODEL_URI) $(ARGS)
+	$(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) $(ARGS)
 
-export-challenger:  ## the registry's challenger -> BentoML model imdb-sentiment-onnx-challenger (A/B: docs/MLOPS.md)
-	$(PYTHON) -m export.export model_uri=models:/imdb-sentiment@challenger bento_model=imdb-sentiment-onnx-challenger \
+export-challenger:  ## the registry's challenger -> BentoML model $(BENTO_MODEL)-challenger (A/B: docs/MLOPS.md)
+	$(PYTHON) -m export.export model_uri=$(MODEL_URI:@champion=@challenger) bento_model=$(BENTO_MODEL)-challenger \
 		work_dir=build/onnx-challenger report=build/challenger/parity.json $(ARGS)
 
 retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champion (test split + held-out new data): promoted and exported, or kept as challenger -> reports/retrain/<id>/
@@ -81,7 +83,7 @@ retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champi
 
 model:  ## register and export only what is missing (what serve and test need)
 	$(PYTHON) -m training.registry --model-dir $(MODEL_DIR) --if-missing
-	$(PYTHON) -m export.export model_uri=$(MODEL_URI) --if-missing
+	$(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) --if-missing
 
 serve: model  ## run the service on :$(PORT)
 	.venv/bin/bentoml serve service:SentimentAPI --port $(PORT)
@@ -105,7 +107,7 @@ benchmark: model  ## ONNX ceiling vs service (batching on/off) vs FastAPI+transf
 	$(PYTHON) -m loadtests.benchmark
 
 read-length: model  ## the served file reading 256 vs 384 tokens on validation: accuracy, ms/review -> reports/experiments/read-length/
-	$(PYTHON) -m export.read_length $(ARGS)
+	$(PYTHON) -m export.read_length bento_model=$(BENTO_MODEL_TAG) $(ARGS)
 
 overload: model  ## 64 closed-loop clients at once: admitted vs shed latency, 503 + Retry-After -> reports/overload/
 	$(PYTHON) -m loadtests.overload $(ARGS)
@@ -114,7 +116,7 @@ soak: model  ## 10 minutes at 80% of the highest open-loop load that holds p95 <
 	$(PYTHON) -m loadtests.soak
 
 score: model  ## Spark batch scoring with the served model: INPUT=file/folder -> OUTPUT (Parquet), reports/scoring/
-	$(PYTHON) -m scoring.score input=$(INPUT) output=$(OUTPUT) $(ARGS)
+	$(PYTHON) -m scoring.score input=$(INPUT) output=$(OUTPUT) model=$(BENTO_MODEL_TAG) $(ARGS)
 
 ab-traffic:  ## real labelled test reviews to a running service (URL=...) as many users -> build/ab/labels.parquet
 	$(PYTHON) -m loadtests.ab_traffic url=$(URL) $(ARGS)

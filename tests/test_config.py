@@ -1,10 +1,14 @@
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from serving.settings import ServiceSettings
-from training.config import flatten, load_config
+from serving.settings import BENTO_MODEL, ServiceSettings
+from training.config import RELEASE_CONFIG, flatten, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_release_config_loads_with_overrides():
@@ -48,3 +52,24 @@ def test_service_settings_come_from_the_environment_in_one_place():
     ab = ServiceSettings.from_env({"CHALLENGER_SHARE": "0.25", "AB_MODE": "shadow", "MODEL_POLL_S": "0"})
     assert (ab.challenger_share, ab.ab_rollout, ab.model_poll_s) == (0.25, "shadow", 0.0)  # AB_MODE: the old name
     assert ServiceSettings.from_env({"AB_ROLLOUT": "shadow", "AB_MODE": "split"}).ab_rollout == "shadow"
+
+
+def test_each_stage_name_follows_the_config_and_the_release_keeps_its_own():
+    release = load_config(RELEASE_CONFIG).stage_names()
+    assert release == {
+        "MODEL_DIR": "models/imdb-minilm-lora",
+        "MODEL_URI": "models:/imdb-sentiment@champion",
+        "BENTO_MODEL": BENTO_MODEL,  # what tests, alerts, dashboards, compose and Kubernetes read
+    }
+    made = subprocess.run(["make", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert f"model_uri={release['MODEL_URI']} bento_model={BENTO_MODEL}" in made
+
+
+def test_plain_bentoml_in_a_fresh_shell_uses_the_projects_store():
+    """`make install` makes ./.bentoml the venv's default BENTOML_HOME (.ci/bentoml_home.py): `bentoml serve` and
+    `bentoml build` from the project root find what `make` exported."""
+    env = {key: value for key, value in os.environ.items() if key != "BENTOML_HOME"}
+    home = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ['BENTOML_HOME'])"], env=env, capture_output=True, text=True
+    )
+    assert home.stdout.strip() == str(ROOT / ".bentoml"), home.stderr

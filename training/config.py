@@ -138,6 +138,24 @@ class ExperimentConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.models_dir) / self.name
+
+    @property
+    def bento_model(self) -> str:
+        """The export's BentoML model: `<registered_model>-onnx` (the release: `imdb-sentiment-onnx`)."""
+        return f"{self.registered_model}-onnx"
+
+    def stage_names(self) -> dict[str, str]:
+        """What the later stages call this experiment's model, derived here only (`make` reads them: any dataset's
+        config trains, registers, exports and serves under its own names)."""
+        return {
+            "MODEL_DIR": str(self.model_dir),
+            "MODEL_URI": f"models:/{self.registered_model}@champion",
+            "BENTO_MODEL": self.bento_model,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -229,3 +247,10 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+if __name__ == "__main__":  # python -m training.config CONFIG: the names `make` gives each stage (stage_names)
+    import sys
+
+    for key, value in load_config(sys.argv[1]).stage_names().items():
+        print(f"{key}={value}")

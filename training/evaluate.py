@@ -20,7 +20,7 @@ import pandas as pd
 
 from serving.core.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel, ensemble, top_two_margin
 from serving.core.text import EncodingConfig
-from serving.settings import BENTO_MODEL
+from serving.settings import SETTINGS
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line
 from training.lexical import cascade_curve
 from training.metrics import classification_metrics
@@ -307,7 +307,7 @@ def main() -> None:
         flags={"--served": "score the ONNX file the BentoML store's model serves instead of PyTorch"},
     )
     if args.served:
-        print(json.dumps(evaluate_served(config, f"{BENTO_MODEL}:latest")))
+        print(json.dumps(evaluate_served(config, SETTINGS.bento_model_tag)))
     else:
         print(json.dumps(evaluate(args.source, config)))
 
