@@ -32,6 +32,7 @@ from optimum.exporters.onnx import main_export
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from export.quantize import DEFAULTS, RECIPES, quantize
+from export.served import is_registered, register_served, served_name
 from serving.core.drift import PROFILE_FILE, TextStatistics, answer_statistics, build_profile, save_profile
 from serving.core.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, HybridRouter
 from serving.core.runtime import (
@@ -363,9 +364,12 @@ def run(export: ExportConfig) -> bentoml.Model:
     if profile:
         save_profile(profile, onnx_dir / PROFILE_FILE)
     bento_model = import_to_bentoml(onnx_dir, registry, export, results, int8, warning, hybrid)
+    alias = export.model_uri.partition("@")[2] or None  # the served pyfunc gets the transformer's alias
+    served = register_served(bento_model.path, export.selfcheck, registry.name, registry.version, alias)
     report = {
         "model": f"{registry.name}:{registry.version}",
         "bento_model": str(bento_model.tag),
+        "registered_served_model": f"{served_name(registry.name)}:{served}",
         "served": shipped[0] if shipped else "fp32",
         "shipped": shipped,
         "warning": warning,
@@ -398,10 +402,10 @@ def main() -> None:
     export, args = command_line(
         ExportConfig, __doc__, flags={"--if-missing": "do nothing when the BentoML store has the model"}
     )
-    if args.if_missing and in_store(export.bento_model):
-        print(f"{export.bento_model} already in the BentoML store; skipping export")
-        return
     setup_tracking()
+    if args.if_missing and in_store(export.bento_model) and is_registered(export.model_uri):
+        print(f"{export.bento_model} already in the BentoML store and its pyfunc in the registry; skipping export")
+        return
     try:
         run(export)
     except ParityError as error:

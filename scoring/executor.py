@@ -1,4 +1,5 @@
-"""What runs on the Spark executors: the served model, loaded once per Python worker, scoring batches of rows.
+"""The served model in this process, scoring rows: on the Spark executors (loaded once per Python worker) and as the
+registry's MLflow pyfunc (`scoring/pyfunc.py`).
 
 Imports only the `serving` package (shipped to the executors beside this module), never `training`.
 """
@@ -22,15 +23,15 @@ PREDICTION_SCHEMA = (
 PREDICTION_COLUMNS = [column.split()[0] for column in PREDICTION_SCHEMA.split(", ")]
 
 
-class ExecutorModel:
-    """The hybrid as the service runs it, with the file the driver chose (`recipe`; "fp32": fp32) if it passes the
-    self-check on this executor's own CPU, else fp32."""
+class ServedModel:
+    """The hybrid as the service runs it, with the file the service would choose on this CPU, or, given `recipe`
+    (a Spark driver's choice; "fp32": fp32), that file if it passes the self-check on this CPU, else fp32."""
 
-    def __init__(self, folder: str, mode: str, limits: SelfCheckLimits, threads: int, recipe: str):
+    def __init__(self, folder: str, mode: str, limits: SelfCheckLimits, threads: int, recipe: str | None = None):
         self.router = HybridRouter(folder, mode)
         self.transformer: OnnxTextClassifier
         self.transformer, check = load_classifier(folder, limits, workers=threads, recipe=recipe)
-        self.file = check.served
+        self.file = check.recipe or "fp32"  # the ONNX file answering: an int8 recipe, or fp32
 
     def score(self, texts: pd.Series, model_version: str) -> pd.DataFrame:
         """One row of predictions per text; a blank or missing text gets nulls (the API would refuse it)."""
@@ -47,9 +48,9 @@ class ExecutorModel:
 
 
 @functools.cache
-def executor_model(folder: str, mode: str, limits: SelfCheckLimits, threads: int, recipe: str) -> ExecutorModel:
+def executor_model(folder: str, mode: str, limits: SelfCheckLimits, threads: int, recipe: str) -> ServedModel:
     """Once per Python worker (Spark reuses workers across tasks), not once per batch."""
-    return ExecutorModel(folder, mode, limits, threads, recipe)
+    return ServedModel(folder, mode, limits, threads, recipe)
 
 
 def score_batches(

@@ -284,3 +284,25 @@ def test_explain_reads_what_the_transformer_reads(server):
         response = requests.post(f"{server}/explain", json=bad)
         assert response.status_code == status and set(response.json()) == {"error", "detail"}
     assert requests.post(f"{server}/explain", data=b"good", headers={"content-type": "text/plain"}).status_code == 415
+
+
+def test_the_registered_served_model_answers_as_the_service(server):
+    """The export's MLflow pyfunc of the served artefact, loaded from the registry by its alias, on 200 real test
+    reviews: the labels, paths and probabilities (within 1e-4) the service gives over HTTP on this machine."""
+    import mlflow.pyfunc
+
+    from loadtests.common import sample_reviews
+
+    model = mlflow.pyfunc.load_model("models:/imdb-sentiment-served@champion")
+    assert model.metadata.signature is not None and model.metadata.get_input_schema().input_names() == ["text"]
+    texts = sample_reviews(200, seed=11)
+    local = model.predict(pd.DataFrame({"text": texts}))
+    served = []
+    for start in range(0, len(texts), SETTINGS.max_batch_texts):
+        batch = {"texts": texts[start : start + SETTINGS.max_batch_texts]}
+        served += requests.post(f"{server}/predict_batch", json=batch, timeout=120).json()["predictions"]
+    assert local.predicted_label.tolist() == [p["label"] for p in served]
+    assert local.path.tolist() == [p["path"] for p in served]
+    assert set(local.model_version) == {served[0]["model_version"]}
+    probabilities = np.array([[p["scores"][name] for name in ("neg", "pos")] for p in served])
+    np.testing.assert_allclose(np.stack(local.probabilities), probabilities, atol=1e-4)

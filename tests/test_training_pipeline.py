@@ -114,6 +114,10 @@ def test_train_evaluate_register_and_rebuild(tiny_checkpoint, data_dir, tmp_path
         predict_proba(registered["model"], tokenizer, texts, config.encoding),
         atol=1e-6,
     )
+    # as a pyfunc (mlflow models serve, a Spark UDF) the transformers flavor cuts a long review instead of crashing
+    long_review = "The plot wanders, the acting is wooden, and the score is relentless. " * 80  # > 512 tokens
+    answers = mlflow.pyfunc.load_model("models:/tiny-sentiment@champion").predict([long_review, texts[0]])
+    assert len(answers) == 2 and set(answers["label"]) <= set(label_names)
 
 
 def test_champion_moves_only_on_better_validation_or_a_cheaper_tie(tracking_uri):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -136,7 +137,10 @@ def log_and_register(
         name="model",
         input_example=[example_text],
         registered_model_name=registered_name,
-        pip_requirements=["torch", "transformers", "tokenizers"],
+        pip_requirements=[f"{package}=={version(package)}" for package in ("torch", "transformers", "tokenizers")],
+        # the pipeline cuts a text at the model's limit (else a long review crashes it); head-only, so it may differ
+        # from the service's head+tail reading: `<name>-served` (export/served.py) answers as the service does
+        model_config={"truncation": True, "max_length": model.config.max_position_embeddings},
     )
     return str(info.registered_model_version)
 
