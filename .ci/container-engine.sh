@@ -1,9 +1,18 @@
 # Sourced by the container scripts: pick an engine and, for podman, project-local config and storage.
 # A running Docker engine wins; otherwise podman with the settings these CI machines need (cgroupfs, file events,
 # bounded ulimits, storage under build/containers) and whichever OCI runtime Debian installed: runc, else crun.
-# With neither engine, say what to install and stop.
-install_hint="apt-get install -y --no-install-recommends podman buildah runc slirp4netns uidmap netavark \
-aardvark-dns golang-github-containers-common iptables debootstrap   (or run a Docker engine)"
+# With neither engine, install Debian's podman and friends where it can (root with apt, as `make install` does for
+# chromium), else say what to install and stop.
+engine_packages="podman buildah runc slirp4netns uidmap netavark aardvark-dns golang-github-containers-common \
+iptables debootstrap"
+install_hint="apt-get install -y --no-install-recommends $engine_packages   (or run a Docker engine)"
+if ! command -v podman >/dev/null 2>&1 && ! (command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1) \
+  && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "No container engine: installing Debian's podman ($engine_packages)" >&2
+  # shellcheck disable=SC2086  # one package per word
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $engine_packages \
+    || echo "could not install podman" >&2
+fi
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   ENGINE=docker
 elif command -v podman >/dev/null 2>&1; then
