@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM ?= true
 
 .PHONY: install lock lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
-	loadtest benchmark overload read-length soak score ab-traffic ab-report report mlflow-ui notebook test all
+	loadtest benchmark overload read-length first-answer soak score ab-traffic ab-report report mlflow-ui notebook test all
 
 install:  ## .venv from the lock (requirements.txt; torch is the CPU build), then this project; Debian's chromium (UI test) and Java (Spark)
 	python3.11 -m venv .venv
@@ -111,6 +111,9 @@ read-length: model  ## the served file reading 256 vs 384 tokens on validation: 
 
 overload: model  ## 64 closed-loop clients at once: admitted vs shed latency, 503 + Retry-After -> reports/overload/
 	$(PYTHON) -m loadtests.overload $(ARGS)
+
+first-answer:  ## a fresh clone's `make serve` to its first /predict 200, timed -> reports/first-answer/
+	$(PYTHON) -m loadtests.first_answer $(ARGS)
 
 soak: model  ## 10 minutes at 80% of the highest open-loop load that holds p95 < 100 ms (searched first) -> reports/soak/ (not in CI)
 	$(PYTHON) -m loadtests.soak

@@ -201,9 +201,10 @@ def evaluate_files(
             quantize(recipe, onnx_dir / FP32_FILE, onnx_dir / report["file"], ids[search])
             runtime = OnnxTextClassifier(onnx_dir, report["file"])
             if recipe.rescore_uncertain:  # the margin from the held-out reviews, then the file as the service runs it
-                margin = rescore_margin(reference[search], runtime.predict_ids(ids[search]), export.rescore_step)
+                searched = runtime.predict_ids(ids[search], progress=f"{name}: margin search")
+                margin = rescore_margin(reference[search], searched, export.rescore_step)
                 runtime = int8_runtime(onnx_dir, Int8File(name, report["file"], margin), fp32)
-        probabilities = runtime.predict_ids(ids[gated])
+        probabilities = runtime.predict_ids(ids[gated], progress=f"{name}: parity gate")
         report |= parity_report(reference[gated], probabilities, labels[gated])
         if runtime.rescorer is not None:
             report["rescore_below"] = runtime.rescore_below
@@ -281,7 +282,7 @@ def import_to_bentoml(
         "mlflow_model": registry.name,
         "mlflow_version": registry.version,
         "mlflow_run_id": registry.run_id,
-        "file": served,
+        "recipe": served,
         "int8_recipe": served if int8 else None,
         "int8_files": [f.recipe for f in int8] or None,
         "int8_refused": warning,
@@ -296,7 +297,7 @@ def import_to_bentoml(
         "hybrid": asdict(hybrid) if hybrid else None,
     }
     metadata = {key: value for key, value in metadata.items() if value is not None}  # BentoML refuses None
-    labels = {"mlflow_model": registry.name, "mlflow_version": registry.version, "file": served}
+    labels = {"mlflow_model": registry.name, "mlflow_version": registry.version, "recipe": served}
     with bentoml.models.create(export.bento_model, labels=labels, metadata=metadata) as bento_model:
         target = Path(bento_model.path)
         for name in (FP32_FILE, TOKENIZER_FILE, CONFIG_FILE, GOLDEN_FILE):
@@ -350,7 +351,7 @@ def run(export: ExportConfig) -> bentoml.Model:
     model, tokenizer = components["model"].eval(), components["tokenizer"]
     onnx_dir = export_onnx(model, tokenizer, registry.config, Path(export.work_dir))
     ids, labels = load_parity_sample(registry.run_id)
-    reference = predict_ids(model, ids, tokenizer.pad_token_id)
+    reference = predict_ids(model, ids, tokenizer.pad_token_id, progress="PyTorch reference")
     results = evaluate_files(onnx_dir, reference, ids, labels, export)
     shipped, warning = choose(results)
     int8 = shipped_files(results, shipped)

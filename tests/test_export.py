@@ -196,7 +196,7 @@ def test_cli_imports_fp32_int8_and_golden_set(tiny_registered, tmp_path):
     profile = json.loads((model_yaml.parent / PROFILE_FILE).read_text())
     assert profile["n"] == 32 and sum(profile["features"]["tokens"]["shares"]) == pytest.approx(1.0)
     metadata = model_yaml.read_text()
-    assert "mlflow_version: '1'" in metadata and f"file: {shipped[0]}" in metadata
+    assert "mlflow_version: '1'" in metadata and f"recipe: {shipped[0]}" in metadata
     assert report["served"] == shipped[0] and report["files"]["fp32"]["agreement"] == 1.0
     assert report["files"]["fp32"]["n"] == len(tiny_registered["ids"]) - 8  # the search rows held out
     assert all(r["ms_per_review"] > 0 for r in report["files"].values())

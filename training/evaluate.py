@@ -223,7 +223,8 @@ def evaluate(model_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
     data = load_data(config.data)
     model = load_trained(model_dir, config, data.label_names)
     test = data.splits["test"]
-    probs = predict_proba(model, load_tokenizer(config.model.checkpoint), test["text"], config.encoding)
+    tokenizer = load_tokenizer(config.model.checkpoint)
+    probs = predict_proba(model, tokenizer, test["text"], config.encoding, progress="PyTorch, test split")
     labels, out_dir = np.array(test["label"]), Path(config.reports_dir) / config.name
     out_dir.mkdir(parents=True, exist_ok=True)
     hybrid = score_hybrid(model_dir, test["text"], labels, probs, data.label_names, out_dir)
@@ -273,11 +274,11 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     test = load_data(config.data).splits["test"]
     labels = np.array(test["label"])
     transformer, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
-    result = {"bento_model": str(model.tag), "file": check.recipe or "fp32", "cpu": cpu_flags()}
+    result = {"bento_model": str(model.tag), "recipe": check.recipe or "fp32", "cpu": cpu_flags()}
     name = transformer.model_file
     if transformer.rescorer is not None:  # the answers int8 is unsure of come from fp32
         result["fp32_rescores_below_margin"] = transformer.rescore_below
-    probs = transformer.predict_proba(test["text"])
+    probs = transformer.predict_proba(test["text"], progress=f"{check.recipe or 'fp32'}, test split")
     label_names = model.info.metadata["label_names"]
     metrics = classification_metrics(labels, probs.argmax(1), label_names)
     result |= {"file": name, "test": {key: metrics[key] for key in ("accuracy", "macro_f1", "n")}}

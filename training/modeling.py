@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import yaml
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from serving.core.text import EncodingConfig, encode, pack_ids, without_truncation
@@ -84,11 +85,15 @@ def load_trained(model_dir: Path, config: ExperimentConfig, label_names: list[st
 
 
 @torch.inference_mode()
-def predict_ids(model: PreTrainedModel, ids: list[list[int]], pad_token_id: int, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities for encoded texts, batching length-sorted sequences so padding costs little."""
+def predict_ids(
+    model: PreTrainedModel, ids: list[list[int]], pad_token_id: int, batch_size: int = 64, progress: str | None = None
+) -> np.ndarray:
+    """Class probabilities for encoded texts, batching length-sorted sequences so padding costs little; with
+    `progress`, under a progress bar of that name."""
     model = model.to(device()).eval()
     order = np.argsort([len(x) for x in ids])
     probs = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    bar = tqdm(total=len(ids), desc=progress, unit="review", disable=progress is None)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         width = max(len(ids[i]) for i in chunk)
@@ -99,6 +104,8 @@ def predict_ids(model: PreTrainedModel, ids: list[list[int]], pad_token_id: int,
             attention_mask[row, : len(ids[i])] = 1
         logits = model(input_ids=input_ids.to(device()), attention_mask=attention_mask.to(device())).logits.float()
         probs[chunk] = torch.softmax(logits, dim=-1).cpu().numpy()
+        bar.update(len(chunk))
+    bar.close()
     return probs
 
 
@@ -108,10 +115,11 @@ def predict_proba(
     texts: list[str],
     encoding: EncodingConfig,
     batch_size: int = 64,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Class probabilities for `texts`, encoded exactly as the service encodes them."""
     ids = encode(texts, without_truncation(tokenizer.backend_tokenizer), encoding)
-    return predict_ids(model, ids, tokenizer.pad_token_id, batch_size)
+    return predict_ids(model, ids, tokenizer.pad_token_id, batch_size, progress)
 
 
 PARITY_SAMPLE = "parity_sample.npz"

@@ -38,6 +38,9 @@ def cpu_flags() -> str:
     return " ".join([platform.machine(), *(f for f in wanted if f in flags)])
 
 
+PROGRESS_CHUNK = 64  # reviews per step of a progress bar
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
@@ -108,8 +111,15 @@ class OnnxTextClassifier:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
         return session.run(None, feeds)[0][0]
 
-    def predict_ids(self, ids: list[list[int]]) -> np.ndarray:
-        """Probabilities for encoded texts, shape (len(ids), n_labels), in input order."""
+    def predict_ids(self, ids: list[list[int]], progress: str | None = None) -> np.ndarray:
+        """Probabilities for encoded texts, shape (len(ids), n_labels), in input order; with `progress`, in chunks
+        under a progress bar of that name (each text is scored alone, so chunks change no answer)."""
+        if progress is not None:
+            from tqdm.auto import tqdm  # here: only offline jobs ask for it (the image has it, through huggingface_hub)
+
+            chunks = [ids[start : start + PROGRESS_CHUNK] for start in range(0, len(ids), PROGRESS_CHUNK)]
+            bar = tqdm(chunks, desc=progress, unit="chunk", postfix=f"{PROGRESS_CHUNK} reviews each")
+            return np.concatenate([self.predict_ids(chunk) for chunk in bar] or [self.predict_ids([])])
         if not ids:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
         if len(ids) == 1:
@@ -125,9 +135,9 @@ class OnnxTextClassifier:
     def encode(self, texts: list[str]) -> list[list[int]]:
         return encode(texts, self.tokenizer, self.encoding)
 
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
+    def predict_proba(self, texts: list[str], progress: str | None = None) -> np.ndarray:
         """Probabilities, shape (len(texts), n_labels), in the order of `texts`."""
-        return self.predict_ids(self.encode(texts))
+        return self.predict_ids(self.encode(texts), progress)
 
 
 def ms_per_review(runtimes: dict[str, OnnxTextClassifier], ids: list[list[int]], rounds: int = 3) -> dict[str, float]:
