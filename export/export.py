@@ -259,7 +259,7 @@ def reference_profile(
         return None
     texts = validation["text"][:n_texts]
     router = HybridRouter(onnx_dir)
-    probabilities, _ = router.classify_in_process(texts, router.policy, transformer)
+    probabilities, _ = router.classify_in_process(texts, router.policy, transformer, progress="drift profile")
     statistics = TextStatistics(transformer.tokenizer, transformer.encoding)(texts) | answer_statistics(probabilities)
     described = f"{config.data.name} validation split, {len(texts)} texts, {transformer.model_file}"
     return build_profile(statistics, described)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,27 +45,29 @@ def ready(health: requests.Response) -> bool:
 
 @contextmanager
 def running(command: list[str], health_url: str, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator:
-    """Start a server, wait until `health_url` says it is `ready`, stop it afterwards."""
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=os.environ | (env or {}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command} exited with {process.returncode}")
-            try:
-                if ready(requests.get(health_url, timeout=2)):
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                raise TimeoutError(f"{health_url} not healthy after {timeout} s")
-            time.sleep(0.5)
-        yield process
-    finally:
-        process.terminate()
-        process.wait(30)
+    """Start a server, wait until `health_url` says it is `ready`, stop it afterwards; if it exits first, the error
+    ends with the tail of its output."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=os.environ | (env or {}), stdout=output, stderr=output)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                if process.poll() is not None:
+                    output.seek(0)
+                    tail = output.read().decode(errors="replace")[-3000:]
+                    raise RuntimeError(f"{command} exited with {process.returncode}:\n{tail}")
+                try:
+                    if ready(requests.get(health_url, timeout=2)):
+                        break
+                except requests.RequestException:
+                    pass
+                if time.time() > deadline:
+                    raise TimeoutError(f"{health_url} not healthy after {timeout} s")
+                time.sleep(0.5)
+            yield process
+        finally:
+            process.terminate()
+            process.wait(30)
 
 
 def bentoml_serve(port: int) -> list[str]:

@@ -91,6 +91,7 @@ def run(config: ScoreConfig) -> dict:
             .config("spark.sql.execution.arrow.maxRecordsPerBatch", config.rows_per_batch)
             # keep every partition asked for: adaptive execution would merge a small input back into one task
             .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "true")  # the stages' progress bar on the console
             .getOrCreate()
         )
         try:

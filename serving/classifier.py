@@ -71,7 +71,8 @@ class OnnxClassifier:
         served = [(name, model) for name, model in ((CHAMPION, self.model), (CHALLENGER, self.challenger)) if model]
         for name, model in served:
             self.serve(name, CheckedModel.reference(model, SETTINGS.workers, SETTINGS.lone_text_spinning))
-        threading.Thread(target=self.check_int8, args=([m for _, m in served],), name="int8-selfcheck").start()
+        models = [model for _, model in served]
+        threading.Thread(target=self.check_int8, args=(models,), name="int8-selfcheck", daemon=True).start()
 
     def check_int8(self, models: list[StoredModel]) -> None:
         """The int8 file chosen on this CPU takes over from fp32; fp32 stays, with the reason, if none is chosen."""

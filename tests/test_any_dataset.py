@@ -30,7 +30,8 @@ def test_a_four_class_config_trains_registers_exports_and_serves_under_its_own_n
     config = load_config(config_file)
     assert config.data.label_names == TOPICS and config.stage_names()["BENTO_MODEL"] == "agnews-tiny-onnx"
 
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "BENTOML_HOME": str(tmp_path)}
+    stores = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "BENTOML_HOME": str(tmp_path / "bentoml")}
+    env = os.environ | stores
     env.pop("BENTO_MODEL_TAG", None)  # as in a fresh shell: make derives it from CONFIG
     small_export = "search_samples=8 golden_size=8 profile_texts=0 timing_samples=4"
     small_export += f" work_dir={tmp_path / 'onnx'} report={tmp_path / 'parity.json'}"  # not the release's report

@@ -292,7 +292,9 @@ def test_the_registered_served_model_answers_as_the_service(server):
     import mlflow.pyfunc
 
     from loadtests.common import sample_reviews
+    from training.registry import setup_tracking
 
+    setup_tracking()  # the project's store (MLFLOW_TRACKING_URI), whatever an earlier test in this process set
     model = mlflow.pyfunc.load_model("models:/imdb-sentiment-served@champion")
     assert model.metadata.signature is not None and model.metadata.get_input_schema().input_names() == ["text"]
     texts = sample_reviews(200, seed=11)

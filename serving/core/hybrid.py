@@ -141,11 +141,13 @@ class HybridRouter:
         return policy.merge(lexical, np.array(scores), onward, len(texts))
 
     def classify_in_process(
-        self, texts: list[str], policy: HybridPolicy, transformer: OnnxTextClassifier
+        self, texts: list[str], policy: HybridPolicy, transformer: OnnxTextClassifier, progress: str | None = None
     ) -> tuple[np.ndarray, list[Route]]:
-        """The same decision with the transformer in this process: for explanations and offline (Spark) scoring."""
+        """The same decision with the transformer in this process: for explanations and offline (Spark) scoring;
+        with `progress`, the transformer's share under a progress bar of that name."""
         lexical, onward = self.route(texts, policy)
-        return policy.merge(lexical, transformer.predict_proba([texts[i] for i in onward]), onward, len(texts))
+        onward_probs = transformer.predict_proba([texts[i] for i in onward], progress)
+        return policy.merge(lexical, onward_probs, onward, len(texts))
 
     def describe(self) -> dict:
         return asdict(self.policy) | {"lexical_model": self.lexical is not None}
