@@ -20,7 +20,7 @@ TOPICS = ["World", "Sports", "Business", "Sci/Tech"]
 
 
 def test_a_four_class_config_trains_registers_exports_and_serves_under_its_own_names(
-    tiny_checkpoint, data_dir, tmp_path
+    tiny_checkpoint, data_dir, tmp_path, monkeypatch
 ):
     values = yaml.safe_load(AG_NEWS.read_text())
     tiny = tiny_overrides(tiny_checkpoint, data_dir, tmp_path, name="agnews-tiny", registered_model="agnews-tiny")
@@ -32,7 +32,8 @@ def test_a_four_class_config_trains_registers_exports_and_serves_under_its_own_n
 
     stores = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "BENTOML_HOME": str(tmp_path / "bentoml")}
     env = os.environ | stores
-    env.pop("BENTO_MODEL_TAG", None)  # as in a fresh shell: make derives it from CONFIG
+    monkeypatch.delenv("BENTO_MODEL_TAG", raising=False)  # as in a fresh shell (`make test` exports the release's)
+    env.pop("BENTO_MODEL_TAG", None)
     small_export = "search_samples=8 golden_size=8 profile_texts=0 timing_samples=4"
     small_export += f" work_dir={tmp_path / 'onnx'} report={tmp_path / 'parity.json'}"  # not the release's report
     for verb, args in (("train", ""), ("lexical", ""), ("evaluate", ""), ("register", ""), ("export", small_export)):
