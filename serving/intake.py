@@ -29,7 +29,8 @@ class Intake:
         if length and length.isdigit() and int(length) > self.max_body_bytes:
             return await self._refuse(413, f"Request body over {self.max_body_bytes} bytes", scope, receive, send)
         try:
-            body = await asyncio.wait_for(self._body(receive), self.body_timeout_s)
+            async with asyncio.timeout(self.body_timeout_s):  # no extra task per request, unlike wait_for
+                body = await self._body(receive)
         except TimeoutError:
             message = f"the request body did not arrive within {self.body_timeout_s:g} s"
             return await self._refuse(408, message, scope, receive, send)
