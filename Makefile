@@ -16,6 +16,8 @@ OUTPUT ?= build/scores
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
+REGISTER = $(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
+EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL)
 
 .PHONY: install lock lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
@@ -69,10 +71,10 @@ evaluate-served:  ## the served ONNX file (int8, else fp32) on the test split ->
 	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) --served
 
 register:  ## the only registry writer: committed adapter -> MLflow version, champion/challenger gate
-	$(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
+	$(REGISTER)
 
 export:  ## registry model -> ONNX fp32 + int8 candidates -> parity gate -> BentoML model store
-	$(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) $(ARGS)
+	$(EXPORT) $(ARGS)
 
 export-challenger:  ## the registry's challenger -> BentoML model $(BENTO_MODEL)-challenger (A/B: docs/MLOPS.md)
 	$(PYTHON) -m export.export model_uri=$(MODEL_URI:@champion=@challenger) bento_model=$(BENTO_MODEL)-challenger \
@@ -81,11 +83,13 @@ export-challenger:  ## the registry's challenger -> BentoML model $(BENTO_MODEL)
 retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champion (test split + held-out new data): promoted and exported, or kept as challenger -> reports/retrain/<id>/
 	$(PYTHON) -m export.retrain new_data=$(NEW_DATA) $(ARGS)
 
-model:  ## register and export only what is missing (what serve and test need)
-	$(PYTHON) -m training.registry --model-dir $(MODEL_DIR) --if-missing
-	$(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) --if-missing
+model:  ## register and export only what is missing (what test, build and the benchmarks need)
+	$(REGISTER) --if-missing
+	$(EXPORT) --if-missing
 
-serve: model  ## run the service on :$(PORT)
+serve:  ## run the service on :$(PORT); a store without the model gets the fp32 file at once, int8 follows (docs/EXPORT.md)
+	$(REGISTER) --if-missing
+	$(EXPORT) --fp32-first
 	.venv/bin/bentoml serve service:SentimentAPI --port $(PORT)
 
 build: model

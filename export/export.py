@@ -1,31 +1,40 @@
 """Registry model -> ONNX fp32 and int8 candidates -> parity gate -> BentoML model store.
 
-    python -m export.export [--config FILE] [model_uri=models:/imdb-sentiment@champion] [int8_candidates=[...]]
+    python -m export.export [--config FILE] [--if-missing | --fp32-first] [model_uri=models:/imdb-sentiment@champion]
 
-Every file is scored against PyTorch on the registered model's parity sample (its validation split as token ids,
-logged with it at registration: no dataset needed). Its last `search_samples` reviews are held out of the gate: static
-recipes calibrate on them and rescoring recipes choose their margin on them. fp32 must pass, else nothing is imported
-(exit 2). Every file is timed (median of interleaved passes); of the int8 candidates that pass, the fastest and, if
-another, the one with the highest agreement ship; when none passes, fp32 is imported and served, with a warning here,
-in the parity report, in the BentoML model's metadata and in the service's /health. The fp32 file always ships too,
-with a golden set: the service re-checks and times the int8 files on the CPU it runs on and picks one there. Where
-the dataset is at hand, the drift monitor's reference profile ships too (the validation split through the served
-model).
+Every file is scored against PyTorch on the registered model's parity sample (its validation split as token ids, with
+PyTorch's probabilities on it, logged with it at registration: no dataset and no pass of PyTorch needed; a random
+spot check here must reproduce those probabilities, else they are computed again). Its last `search_samples` reviews
+are held out of the gate: static recipes calibrate on them and rescoring recipes choose their margin on them. fp32
+must pass, else nothing is imported (exit 2). Every file is timed (median of interleaved passes); of the int8
+candidates that pass, the fastest and, if another, the one with the highest agreement ship; when none passes, fp32 is
+imported and served, with a warning here, in the parity report, in the BentoML model's metadata and in the service's
+/health. The fp32 file always ships too, with a golden set: the service re-checks and times the int8 files on the CPU
+it runs on and picks one there. Where the dataset is at hand, the drift monitor's reference profile ships too (the
+validation split through the served model).
+
+`--fp32-first` (what `make serve` runs) is for a store that lacks the model: it imports the fp32 file at once, gated on
+`first_gate_samples` reviews, and starts the full export in the background (log: `<work_dir>-beside.log`); that one
+imports a new version with the int8 files, and the service switches to it (`serving/reloads.py`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import bentoml
 import bentoml.exceptions
 import mlflow
 import numpy as np
+import torch
 import yaml
 from mlflow import MlflowClient
 from optimum.exporters.onnx import main_export
@@ -77,6 +86,11 @@ class ExportConfig:
     fp32_max_abs_diff: float = 1e-3  # fp32 must reproduce PyTorch's probabilities: anything more is a broken export
     fp32_min_agreement: float = 0.999  # and its labels (a near-random model's probabilities differ little when wrong)
     search_samples: int = 500  # held out of the gate: static recipes calibrate, rescoring recipes pick their margin
+    gate_samples: int = 0  # reviews gated (0: all but the held-out ones)
+    first_gate_samples: int = 500  # --fp32-first: the fp32 file served at once is gated on these (a broken export
+    # shows on any few; the full export beside the service gates it on all)
+    reference_spot_check: int = 64  # reviews on which PyTorch here must reproduce the stored reference
+    reference_tolerance: float = 1e-4  # max |dp| allowed there (PyTorch fp32 on another CPU or batch: ~1e-6)
     timing_samples: int = 200
     timing_rounds: int = 3  # interleaved passes over the timing reviews; ms/review is their median
     rescore_step: float = 0.05  # rescoring margins are multiples of it
@@ -111,10 +125,34 @@ def resolve(model_uri: str) -> RegistryModel:
     return RegistryModel(name, str(version.version), version.run_id, metrics, config)
 
 
-def load_parity_sample(run_id: str) -> tuple[list[list[int]], np.ndarray]:
-    path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{PARITY_SAMPLE}")
-    sample = np.load(path)
-    return unpack_ids(sample["ids"], sample["offsets"]), sample["labels"].astype(np.int64)
+@dataclass
+class ParitySample:
+    ids: list[list[int]]
+    labels: np.ndarray
+    stored_reference: np.ndarray | None  # PyTorch's probabilities, written with it (None: an older sample)
+
+
+def load_parity_sample(run_id: str) -> ParitySample:
+    sample = np.load(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{PARITY_SAMPLE}"))
+    reference = sample.get("reference")
+    return ParitySample(unpack_ids(sample["ids"], sample["offsets"]), sample["labels"].astype(np.int64), reference)
+
+
+def pytorch_reference(
+    model: PreTrainedModel, pad_token_id: int, sample: ParitySample, export: ExportConfig
+) -> np.ndarray:
+    """PyTorch's probabilities on the parity sample: the stored ones when PyTorch here reproduces them on a random
+    spot check (they are the gate's yardstick, so they must come from this model), else computed here on all."""
+    stored, ids = sample.stored_reference, sample.ids
+    if stored is not None and len(stored) == len(ids):
+        rows = np.random.default_rng(0).choice(len(ids), min(export.reference_spot_check, len(ids)), replace=False)
+        here = predict_ids(model, [ids[i] for i in rows], pad_token_id, on=torch.device("cpu"))
+        drift = float(np.abs(here - stored[rows]).max())
+        if drift <= export.reference_tolerance:
+            print(f"PyTorch reference: the stored one, reproduced here on {len(rows)} reviews (max |dp| {drift:.1e})")
+            return stored
+        print(f"WARNING: the stored PyTorch reference is not this model's (max |dp| {drift:.1e}): computing it here")
+    return predict_ids(model, ids, pad_token_id, progress="PyTorch reference", on=torch.device("cpu"))
 
 
 def download_hybrid(run_id: str, out_dir: Path) -> HybridPolicy | None:
@@ -191,7 +229,8 @@ def evaluate_files(
     """Parity and speed of fp32 and every int8 candidate; each entry says whether it passed the gate."""
     if export.search_samples >= len(ids):
         raise ValueError(f"a parity sample of {len(ids)} reviews cannot hold out {export.search_samples}")
-    gated, search = slice(0, len(ids) - export.search_samples), slice(len(ids) - export.search_samples, len(ids))
+    held_out = len(ids) - export.search_samples
+    gated, search = slice(0, min(export.gate_samples or held_out, held_out)), slice(held_out, len(ids))
     fp32 = OnnxTextClassifier(onnx_dir, FP32_FILE)
     runtimes, results = {"fp32": fp32}, {}
     for name in ["fp32", *export.int8_candidates]:
@@ -345,15 +384,19 @@ def parity_table(report: dict) -> str:
     )
 
 
-def run(export: ExportConfig) -> bentoml.Model:
+def run(export: ExportConfig, int8_pending: str | None = None) -> bentoml.Model:
+    """The export; `int8_pending` (from `--fp32-first`) says why this version has no int8 file yet, and leaves the
+    served pyfunc to the full export that follows."""
     registry = resolve(export.model_uri)
     components = mlflow.transformers.load_model(export.model_uri, return_type="components")
     model, tokenizer = components["model"].eval(), components["tokenizer"]
     onnx_dir = export_onnx(model, tokenizer, registry.config, Path(export.work_dir))
-    ids, labels = load_parity_sample(registry.run_id)
-    reference = predict_ids(model, ids, tokenizer.pad_token_id, progress="PyTorch reference")
+    sample = load_parity_sample(registry.run_id)
+    ids, labels = sample.ids, sample.labels
+    reference = pytorch_reference(model, tokenizer.pad_token_id, sample, export)
     results = evaluate_files(onnx_dir, reference, ids, labels, export)
     shipped, warning = choose(results)
+    warning = int8_pending or warning
     int8 = shipped_files(results, shipped)
     save_int8_files(onnx_dir / INT8_MANIFEST, int8)
     fp32 = OnnxTextClassifier(onnx_dir, model_file=FP32_FILE)
@@ -366,11 +409,13 @@ def run(export: ExportConfig) -> bentoml.Model:
         save_profile(profile, onnx_dir / PROFILE_FILE)
     bento_model = import_to_bentoml(onnx_dir, registry, export, results, int8, warning, hybrid)
     alias = export.model_uri.partition("@")[2] or None  # the served pyfunc gets the transformer's alias
-    served = register_served(bento_model.path, export.selfcheck, registry.name, registry.version, alias)
+    served = None
+    if not int8_pending:
+        served = register_served(bento_model.path, export.selfcheck, registry.name, registry.version, alias)
     report = {
         "model": f"{registry.name}:{registry.version}",
         "bento_model": str(bento_model.tag),
-        "registered_served_model": f"{served_name(registry.name)}:{served}",
+        "registered_served_model": served and f"{served_name(registry.name)}:{served}",
         "served": shipped[0] if shipped else "fp32",
         "shipped": shipped,
         "warning": warning,
@@ -399,15 +444,85 @@ def in_store(name: str) -> bool:
         return False
 
 
+@dataclass
+class Beside:
+    """The full export running in the background beside the service (`--fp32-first`): its log and pid files."""
+
+    work_dir: str
+
+    @property
+    def log(self) -> Path:
+        return Path(f"{self.work_dir}-beside.log")
+
+    def start(self) -> None:
+        """This command again without its --fp32-first / --if-missing, detached (a stopped `make serve` leaves it to
+        finish) and niced (the service comes first)."""
+        argv = [a for a in sys.argv[1:] if a not in ("--fp32-first", "--if-missing")]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("w") as log:
+            command = ["nice", "-n", "10", sys.executable, "-m", "export.export", *argv]
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        Path(f"{self.work_dir}-beside.pid").write_text(str(process.pid))
+        print(f"the int8 files are gated beside the service (pid {process.pid}, log {self.log}); it switches to them")
+
+    def running(self) -> int | None:
+        try:
+            pid = int(Path(f"{self.work_dir}-beside.pid").read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+
+    def wait(self) -> None:
+        while pid := self.running():
+            print(f"waiting for the export beside the service (pid {pid}, log {self.log})", flush=True)
+            time.sleep(10)
+
+
+def fp32_first(export: ExportConfig, beside: Beside) -> tuple[ExportConfig, str]:
+    """What a store without the model serves at once, and why it has no int8 file yet: the fp32 file gated on fewer
+    reviews, no int8 candidate, drift profile or committed report (the full export beside the service brings them)."""
+    first = replace(
+        export,
+        int8_candidates=[],
+        gate_samples=export.first_gate_samples,
+        timing_samples=50,
+        timing_rounds=1,
+        profile_texts=0,
+        report=f"{export.work_dir}-first.json",
+    )
+    return first, f"int8 files pending: the export beside the service is gating them ({beside.log}); fp32 answers"
+
+
 def main() -> None:
     export, args = command_line(
-        ExportConfig, __doc__, flags={"--if-missing": "do nothing when the BentoML store has the model"}
+        ExportConfig,
+        __doc__,
+        flags={
+            "--if-missing": "do nothing when the BentoML store has the model and the registry its pyfunc",
+            "--fp32-first": "--if-missing, but a store without the model gets the fp32 file at once and the int8 "
+            "files from an export started beside it (make serve)",
+        },
     )
     setup_tracking()
-    if args.if_missing and in_store(export.bento_model) and is_registered(export.model_uri):
-        print(f"{export.bento_model} already in the BentoML store and its pyfunc in the registry; skipping export")
-        return
+    beside = Beside(export.work_dir)
     try:
+        if args.if_missing or args.fp32_first:
+            if in_store(export.bento_model):
+                if is_registered(export.model_uri):
+                    print(f"{export.bento_model} in the BentoML store and its pyfunc in the registry; skipping export")
+                    return
+                if args.fp32_first:  # served already: its int8 files are being gated, or their export died
+                    if not beside.running():
+                        beside.start()
+                    return
+                beside.wait()
+                if is_registered(export.model_uri):
+                    return
+            elif args.fp32_first:
+                run(*fp32_first(export, beside))
+                beside.start()
+                return
         run(export)
     except ParityError as error:
         print(f"REFUSED: {error}", file=sys.stderr)

@@ -4,8 +4,10 @@ predictions that do not depend on batch-mates."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +18,17 @@ import pytest
 import requests
 from onnx import numpy_helper
 
-from export.export import ExportConfig, ParityError, choose, evaluate_files, export_onnx, rescore_margin
+from export.export import (
+    Beside,
+    ExportConfig,
+    ParityError,
+    ParitySample,
+    choose,
+    evaluate_files,
+    export_onnx,
+    pytorch_reference,
+    rescore_margin,
+)
 from export.quantize import DEFAULTS
 from serving.core.drift import PROFILE_FILE
 from serving.core.runtime import OnnxTextClassifier, top_two_margin
@@ -269,3 +281,54 @@ def test_a_service_whose_int8_was_refused_serves_fp32_and_says_so(tiny_registere
         health = requests.get(f"{url}/health").json()
         assert health["selfcheck"]["served"] == "fp32" and "parity gate" in health["warning"]
         assert requests.post(f"{url}/predict", json={"text": "A fine film."}).json()["label"] in ("neg", "pos")
+
+
+def test_the_stored_pytorch_reference_is_used_only_while_pytorch_here_reproduces_it(tiny_registered):
+    t, export = tiny_registered, ExportConfig(reference_spot_check=8)
+    stored = np.load(t["tmp"] / "models" / t["config"].name / "parity_sample.npz")["reference"]
+    np.testing.assert_allclose(stored, t["reference"], atol=1e-5)  # written by training: the merged model on CPU
+    sample = ParitySample(t["ids"], t["labels"], stored_reference=stored)
+    assert pytorch_reference(t["model"], t["tokenizer"].pad_token_id, sample, export) is stored
+    stale = ParitySample(t["ids"], t["labels"], stored_reference=stored[:, ::-1].copy())  # another model's
+    recomputed = pytorch_reference(t["model"], t["tokenizer"].pad_token_id, stale, export)
+    np.testing.assert_allclose(recomputed, t["reference"], atol=1e-5)
+
+
+def test_fp32_first_serves_at_once_then_the_int8_files_the_export_beside_it_gated(tiny_registered, tmp_path):
+    """`make serve` on an empty store: the fp32 file is imported and served, with the reason; the full export runs
+    beside the service, imports a version with int8 files and registers the pyfunc; the service switches to it."""
+    from loadtests.common import bentoml_serve, running
+    from tests.conftest import free_port
+
+    work_dir = tmp_path / "onnx"
+    gate = ("min_agreement=0.0", "max_accuracy_drop=1.0", f"work_dir={work_dir}")
+    first, env = run_export_cli(tiny_registered, tmp_path, "--fp32-first", *gate)
+    assert first.returncode == 0 and "gated beside the service" in first.stdout, first.stderr[-2000:]
+    (model_yaml,) = (tmp_path / "bentoml" / "models" / "tiny-onnx").glob("*/model.yaml")
+    assert not (model_yaml.parent / INT8_MANIFEST).exists() and "int8 files pending" in model_yaml.read_text()
+    beside = Beside(str(work_dir))
+    os.kill(beside.running(), signal.SIGSTOP)  # paused until the service has been seen serving the fp32 version
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve_env = {"BENTOML_HOME": env["BENTOML_HOME"], "BENTO_MODEL_TAG": "tiny-onnx:latest", "MODEL_POLL_S": "1"}
+    with running(bentoml_serve(port), f"{url}/health", serve_env):
+        health = requests.get(f"{url}/health").json()
+        assert health["selfcheck"]["served"] == "fp32" and "int8 files pending" in health["warning"]
+        assert requests.post(f"{url}/predict", json={"text": "A fine film."}).status_code == 200
+        os.kill(beside.running(), signal.SIGCONT)
+        deadline = time.monotonic() + 300
+        first_tag = health["model"]
+        assert first_tag.endswith(model_yaml.parent.name)
+        while (beside.running() or health["model"] == first_tag) and time.monotonic() < deadline:
+            time.sleep(1)
+            health = requests.get(f"{url}/health").json()
+        assert not beside.running(), beside.log.read_text()[-2000:]
+        assert "imported tiny-onnx" in beside.log.read_text()
+        versions = {p.name for p in model_yaml.parent.parent.iterdir() if p.is_dir()}
+        assert len(versions) == 2 and health["model"].split(":")[1] in versions - {model_yaml.parent.name}
+        while not health["selfcheck"]["finished"] and time.monotonic() < deadline:
+            time.sleep(1)
+            health = requests.get(f"{url}/health").json()
+        assert set(health["selfcheck"]["files"]) >= {"int8-fused-rescored"}, health["selfcheck"]  # checked here
+    again, _ = run_export_cli(tiny_registered, tmp_path, "--fp32-first", *gate)
+    assert again.returncode == 0 and "skipping export" in again.stdout  # the pyfunc is registered: complete

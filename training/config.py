@@ -232,7 +232,7 @@ def command_line(
     for flag, help_text in (flags or {}).items():
         parser.add_argument(flag, action="store_true", help=help_text)
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. train.learning_rate=3e-4")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # flags may come between key=value overrides
     path = args.source / "config.yaml" if source == "--model-dir" and args.source else args.source
     values = yaml.safe_load(path.read_text()) if path else {}
     return build(cls, apply_overrides(values, args.overrides)), args

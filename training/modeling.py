@@ -86,11 +86,17 @@ def load_trained(model_dir: Path, config: ExperimentConfig, label_names: list[st
 
 @torch.inference_mode()
 def predict_ids(
-    model: PreTrainedModel, ids: list[list[int]], pad_token_id: int, batch_size: int = 64, progress: str | None = None
+    model: PreTrainedModel,
+    ids: list[list[int]],
+    pad_token_id: int,
+    batch_size: int = 64,
+    progress: str | None = None,
+    on: torch.device | None = None,
 ) -> np.ndarray:
     """Class probabilities for encoded texts, batching length-sorted sequences so padding costs little; with
-    `progress`, under a progress bar of that name."""
-    model = model.to(device()).eval()
+    `progress`, under a progress bar of that name; on `on` (default: the GPU if there is one)."""
+    on = on or device()
+    model = model.to(on).eval()
     order = np.argsort([len(x) for x in ids])
     probs = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     bar = tqdm(total=len(ids), desc=progress, unit="review", disable=progress is None)
@@ -102,7 +108,7 @@ def predict_ids(
         for row, i in enumerate(chunk):
             input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
             attention_mask[row, : len(ids[i])] = 1
-        logits = model(input_ids=input_ids.to(device()), attention_mask=attention_mask.to(device())).logits.float()
+        logits = model(input_ids=input_ids.to(on), attention_mask=attention_mask.to(on)).logits.float()
         probs[chunk] = torch.softmax(logits, dim=-1).cpu().numpy()
         bar.update(len(chunk))
     bar.close()
@@ -126,8 +132,15 @@ PARITY_SAMPLE = "parity_sample.npz"
 
 
 def save_parity_sample(
-    texts: list[str], labels: list[int], tokenizer: PreTrainedTokenizerBase, encoding: EncodingConfig, path: Path
+    texts: list[str],
+    labels: list[int],
+    tokenizer: PreTrainedTokenizerBase,
+    encoding: EncodingConfig,
+    model: PreTrainedModel,
+    path: Path,
 ) -> None:
-    """The validation split as token ids beside the model: the export's parity gate needs no dataset."""
+    """The validation split as token ids beside the model, with the (merged) model's own probabilities on it in fp32
+    on CPU: the export's parity gate needs no dataset, and no pass of PyTorch over it (it spot-checks them)."""
     ids = encode(texts, without_truncation(tokenizer.backend_tokenizer), encoding)
-    np.savez_compressed(path, **pack_ids(ids), labels=np.asarray(labels, dtype=np.int8))
+    reference = predict_ids(model, ids, tokenizer.pad_token_id, progress="PyTorch reference", on=torch.device("cpu"))
+    np.savez_compressed(path, **pack_ids(ids), labels=np.asarray(labels, dtype=np.int8), reference=reference)

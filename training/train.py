@@ -23,7 +23,14 @@ from serving.core.text import encode, without_truncation
 from training.config import RELEASE_CONFIG, ExperimentConfig, command_line, flatten
 from training.data import LoadedData, load_data
 from training.fit import fit, hardware, is_main_process, world_size
-from training.modeling import PARITY_SAMPLE, build_model, load_tokenizer, save_parity_sample, save_trained
+from training.modeling import (
+    PARITY_SAMPLE,
+    build_model,
+    load_tokenizer,
+    load_trained,
+    save_parity_sample,
+    save_trained,
+)
 from training.registry import setup_tracking
 
 
@@ -87,8 +94,9 @@ def run(config: ExperimentConfig) -> dict:
         model_dir = Path(config.models_dir) / config.name
         save_trained(result.model, config, model_dir)
         validation = data.splits["validation"]
+        merged = load_trained(model_dir, config, data.label_names)  # as the registry and the export rebuild it
         save_parity_sample(
-            validation["text"], validation["label"], tokenizer, config.encoding, model_dir / PARITY_SAMPLE
+            validation["text"], validation["label"], tokenizer, config.encoding, merged, model_dir / PARITY_SAMPLE
         )
         (model_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics(

@@ -196,8 +196,9 @@ class CheckedModel:
         """The fp32 file, to serve while int8 is checked (`checked`): no golden set scored, so ready at once. The int8
         files checked later are threaded as it is."""
         fp32 = OnnxTextClassifier(model.path, FP32_FILE, workers, spin=spin)
-        if not int8_files(Path(model.path)):
-            return cls(str(model.info.tag), fp32, SelfCheck("fp32", None, None, 0, False, NO_INT8))
+        if not int8_files(Path(model.path)):  # the export says why (refused by its gate, or still being gated)
+            why = model.info.metadata.get("int8_refused", NO_INT8)
+            return cls(str(model.info.tag), fp32, SelfCheck("fp32", None, None, 0, False, why))
         running = "the int8 self-check is running: fp32 serves until then"
         return cls(str(model.info.tag), fp32, SelfCheck("fp32", None, None, 0, False, running, finished=False))
 
