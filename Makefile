@@ -18,6 +18,8 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 REGISTER = $(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
 EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL)
+# the parity report of an export that make runs for you (the committed one in reports/export/ is make export's)
+LOCAL_PARITY = build/export/parity.json
 
 .PHONY: install lock lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
@@ -85,11 +87,11 @@ retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champi
 
 model:  ## register and export only what is missing (what test, build and the benchmarks need)
 	$(REGISTER) --if-missing
-	$(EXPORT) --if-missing
+	$(EXPORT) --if-missing report=$(LOCAL_PARITY)
 
 serve:  ## run the service on :$(PORT); a store without the model gets the fp32 file at once, int8 follows (docs/EXPORT.md)
 	$(REGISTER) --if-missing
-	$(EXPORT) --fp32-first
+	$(EXPORT) --fp32-first report=$(LOCAL_PARITY)
 	.venv/bin/bentoml serve service:SentimentAPI --port $(PORT)
 
 build: model

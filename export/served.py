@@ -55,6 +55,8 @@ def is_registered(transformer_uri: str) -> bool:
     name, _, alias = transformer_uri.removeprefix("models:/").partition("@")
     client, served = MlflowClient(), served_name(name.split("/")[0])
     try:
-        return bool(client.get_model_version_by_alias(served, alias) if alias else client.get_latest_versions(served))
+        if alias:
+            return bool(client.get_model_version_by_alias(served, alias))
+        return bool(client.search_model_versions(f"name = '{served}'", max_results=1))
     except mlflow.exceptions.MlflowException:
         return False
