@@ -454,6 +454,10 @@ class Beside:
     def log(self) -> Path:
         return Path(f"{self.work_dir}-beside.log")
 
+    @property
+    def pid_file(self) -> Path:
+        return Path(f"{self.work_dir}-beside.pid")
+
     def start(self) -> None:
         """This command again without its --fp32-first / --if-missing, detached (a stopped `make serve` leaves it to
         finish) and niced (the service comes first)."""
@@ -462,12 +466,12 @@ class Beside:
         with self.log.open("w") as log:
             command = ["nice", "-n", "10", sys.executable, "-m", "export.export", *argv]
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        Path(f"{self.work_dir}-beside.pid").write_text(str(process.pid))
+        self.pid_file.write_text(str(process.pid))
         print(f"the int8 files are gated beside the service (pid {process.pid}, log {self.log}); it switches to them")
 
     def running(self) -> int | None:
         try:
-            pid = int(Path(f"{self.work_dir}-beside.pid").read_text())
+            pid = int(self.pid_file.read_text())
             os.kill(pid, 0)
             return pid
         except (FileNotFoundError, ValueError, ProcessLookupError):
@@ -494,6 +498,29 @@ def fp32_first(export: ExportConfig, beside: Beside) -> tuple[ExportConfig, str]
     return first, f"int8 files pending: the export beside the service is gating them ({beside.log}); fp32 answers"
 
 
+def export_what_is_missing(export: ExportConfig, fp32_at_once: bool) -> None:
+    """Nothing when the store has the model and the registry its pyfunc; else the export (`fp32_at_once`: on an empty
+    store the fp32 version at once and the export beside it, which is started again if it died)."""
+    beside = Beside(export.work_dir)
+    if not in_store(export.bento_model):
+        if fp32_at_once:
+            run(*fp32_first(export, beside))
+            beside.start()
+            return
+    elif is_registered(export.model_uri):
+        print(f"{export.bento_model} in the BentoML store and its pyfunc in the registry; skipping export")
+        return
+    elif fp32_at_once:  # served already: its int8 files are being gated beside it, or that export died
+        if not beside.running():
+            beside.start()
+        return
+    else:
+        beside.wait()
+        if is_registered(export.model_uri):
+            return
+    run(export)
+
+
 def main() -> None:
     export, args = command_line(
         ExportConfig,
@@ -505,25 +532,11 @@ def main() -> None:
         },
     )
     setup_tracking()
-    beside = Beside(export.work_dir)
     try:
         if args.if_missing or args.fp32_first:
-            if in_store(export.bento_model):
-                if is_registered(export.model_uri):
-                    print(f"{export.bento_model} in the BentoML store and its pyfunc in the registry; skipping export")
-                    return
-                if args.fp32_first:  # served already: its int8 files are being gated, or their export died
-                    if not beside.running():
-                        beside.start()
-                    return
-                beside.wait()
-                if is_registered(export.model_uri):
-                    return
-            elif args.fp32_first:
-                run(*fp32_first(export, beside))
-                beside.start()
-                return
-        run(export)
+            export_what_is_missing(export, args.fp32_first)
+        else:
+            run(export)
     except ParityError as error:
         print(f"REFUSED: {error}", file=sys.stderr)
         sys.exit(2)

@@ -16,11 +16,13 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
 
+from export.export import Beside, ExportConfig
 from loadtests.common import ROOT
 from serving.core.runtime import cpu_flags
 from training.config import command_line
@@ -35,7 +37,7 @@ class FirstAnswerConfig:
     report: str = "reports/first-answer/first_answer.json"
 
 
-def wait_for(what: str, check, server: subprocess.Popen, log: Path, deadline: float) -> object:
+def wait_for(what: str, check: Callable[[], object], server: subprocess.Popen, log: Path, deadline: float) -> object:
     """Poll `check` every half second until it returns something, while `make serve` runs."""
     while time.monotonic() < deadline:
         try:
@@ -80,21 +82,13 @@ def first_answer(config: FirstAnswerConfig) -> dict:
             check = health["selfcheck"]
             then = {"seconds": time.monotonic() - started, "model": health["model"], "served": check["served"]}
             then |= {"recipe": check.get("recipe"), "detail": check["detail"]}
-            pid = clone / "build" / "onnx-beside.pid"
-            wait_for("its end", lambda: None if pid_alive(pid) else True, server, log_path, deadline)
+            beside = Beside(str(clone / ExportConfig.work_dir))
+            wait_for("its end", lambda: None if beside.running() else True, server, log_path, deadline)
             return {"first_answer": first, "int8_served": then, "export_ended_s": time.monotonic() - started}
         finally:
             server.terminate()
             server.wait(60)
             log.close()
-
-
-def pid_alive(pid_file: Path) -> bool:
-    try:
-        os.kill(int(pid_file.read_text()), 0)
-        return True
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def main() -> None:
