@@ -23,7 +23,7 @@ LOCAL_PARITY = build/export/parity.json
 
 .PHONY: install lock lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
-	loadtest benchmark overload read-length first-answer soak score ab-traffic ab-report report mlflow-ui notebook test all
+	loadtest benchmark overload read-length first-answer soak score ab-traffic ab-report report screenshots mlflow-ui notebook test all
 
 install:  ## .venv from the lock (requirements.txt; torch is the CPU build), then this project; Debian's chromium (UI test) and Java (Spark)
 	python3.11 -m venv .venv
@@ -135,6 +135,9 @@ ab-report:  ## A/B comparison from the service's PREDICTION_LOG (LOG=...; LABELS
 
 report:  ## reports/PERFORMANCE.md and the model card, from the measured files
 	$(PYTHON) -m reporting.render
+
+screenshots:  ## the UI test in chromium, its screenshots into reports/ui/ (the README's image; make test keeps them in build/ui/)
+	UI_SCREENSHOTS=reports/ui $(PYTHON) -m pytest tests/test_ui.py
 
 notebook:  ## execute the portfolio notebook in place (outputs are committed)
 	.venv/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 notebooks/exploration.ipynb

@@ -1,6 +1,7 @@
 """The web UI as a person uses it: Debian's chromium, driven by Playwright, against the real service at /ui."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ from playwright.sync_api import expect, sync_playwright
 from tests.conftest import SERVER_LOG
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = ROOT / "reports" / "ui"
+SCREENSHOTS = Path(os.environ.get("UI_SCREENSHOTS", ROOT / "build" / "ui"))  # `make screenshots`: reports/ui
 pytestmark = pytest.mark.timeout(600)
 
 
