@@ -34,7 +34,6 @@ import bentoml
 import bentoml.exceptions
 import mlflow
 import numpy as np
-import torch
 import yaml
 from mlflow import MlflowClient
 from optimum.exporters.onnx import main_export
@@ -66,7 +65,7 @@ from serving.core.text import unpack_ids
 from serving.settings import BENTO_MODEL
 from training.config import ExperimentConfig, command_line, config_from_dict
 from training.data import DataSourceError, load_data
-from training.modeling import PARITY_SAMPLE, predict_ids
+from training.modeling import PARITY_SAMPLE, stored_or_predicted
 from training.registry import HYBRID_DIR, SELECTION_METRIC, registered_with_hybrid, setup_tracking
 
 
@@ -143,16 +142,8 @@ def pytorch_reference(
 ) -> np.ndarray:
     """PyTorch's probabilities on the parity sample: the stored ones when PyTorch here reproduces them on a random
     spot check (they are the gate's yardstick, so they must come from this model), else computed here on all."""
-    stored, ids = sample.stored_reference, sample.ids
-    if stored is not None and len(stored) == len(ids):
-        rows = np.random.default_rng(0).choice(len(ids), min(export.reference_spot_check, len(ids)), replace=False)
-        here = predict_ids(model, [ids[i] for i in rows], pad_token_id, on=torch.device("cpu"))
-        drift = float(np.abs(here - stored[rows]).max())
-        if drift <= export.reference_tolerance:
-            print(f"PyTorch reference: the stored one, reproduced here on {len(rows)} reviews (max |dp| {drift:.1e})")
-            return stored
-        print(f"WARNING: the stored PyTorch reference is not this model's (max |dp| {drift:.1e}): computing it here")
-    return predict_ids(model, ids, pad_token_id, progress="PyTorch reference", on=torch.device("cpu"))
+    stored, spot_check, tolerance = sample.stored_reference, export.reference_spot_check, export.reference_tolerance
+    return stored_or_predicted(model, sample.ids, pad_token_id, stored, spot_check, tolerance)
 
 
 def download_hybrid(run_id: str, out_dir: Path) -> HybridPolicy | None:

@@ -39,7 +39,7 @@ from serving.core.hybrid import (
 )
 from serving.core.text import unpack_ids
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, HybridConfig, command_line, flatten
-from training.modeling import PARITY_SAMPLE, load_tokenizer, load_trained, predict_ids
+from training.modeling import PARITY_SAMPLE, load_tokenizer, load_trained, stored_or_predicted
 from training.registry import setup_tracking
 
 WEIGHTS = np.round(np.arange(0, 1.0001, 0.025), 3)  # lexical weight in the ensemble: 0 is the transformer alone
@@ -170,9 +170,9 @@ def run(model_dir: Path, config: ExperimentConfig) -> dict:
     lexical_probs = LexicalModel(model_dir / LEXICAL_FILE).predict_proba(validation["text"])  # as served
     summary = json.loads((model_dir / "metrics.json").read_text())
     model = load_trained(model_dir, config, summary["label_names"])
-    transformer_probs = predict_ids(
-        model, unpack_ids(sample["ids"], sample["offsets"]), load_tokenizer(config.model.checkpoint).pad_token_id
-    )
+    ids = unpack_ids(sample["ids"], sample["offsets"])
+    pad_token_id = load_tokenizer(config.model.checkpoint).pad_token_id
+    transformer_probs = stored_or_predicted(model, ids, pad_token_id, sample.get("reference"))  # written with it
     policy, evidence = choose_policy(lexical_probs, transformer_probs, labels, config.hybrid)
     record = evidence | {
         "lexical": {**vars(config.hybrid), "n_train": len(train), "fit_seconds": round(fit_seconds, 1)},

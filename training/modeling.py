@@ -131,6 +131,27 @@ def predict_proba(
 PARITY_SAMPLE = "parity_sample.npz"
 
 
+def stored_or_predicted(
+    model: PreTrainedModel,
+    ids: list[list[int]],
+    pad_token_id: int,
+    stored: np.ndarray | None,
+    spot_check: int = 64,
+    tolerance: float = 1e-4,
+) -> np.ndarray:
+    """`model`'s probabilities on `ids` (fp32, CPU): the `stored` ones (a parity sample's `reference`) when the model
+    here reproduces them within `tolerance` on `spot_check` random rows, else computed here on all of them."""
+    cpu = torch.device("cpu")
+    if stored is not None and len(stored) == len(ids):
+        rows = np.random.default_rng(0).choice(len(ids), min(spot_check, len(ids)), replace=False)
+        drift = float(np.abs(predict_ids(model, [ids[i] for i in rows], pad_token_id, on=cpu) - stored[rows]).max())
+        if drift <= tolerance:
+            print(f"PyTorch reference: the stored one, reproduced here on {len(rows)} reviews (max |dp| {drift:.1e})")
+            return stored
+        print(f"WARNING: the stored PyTorch reference is not this model's (max |dp| {drift:.1e}): computing it here")
+    return predict_ids(model, ids, pad_token_id, progress="PyTorch reference", on=cpu)
+
+
 def save_parity_sample(
     texts: list[str],
     labels: list[int],
