@@ -1,6 +1,7 @@
 # The verbs a user needs. Everything runs from the project's own .venv.
 PYTHON := .venv/bin/python
 CONFIG ?= training/configs/imdb-minilm-lora.yaml
+STUDENT_CONFIG ?= training/configs/imdb-minilm-student.yaml
 # MODEL_DIR, MODEL_URI and BENTO_MODEL follow CONFIG (its name and registered_model: ExperimentConfig.stage_names)
 $(foreach name,$(shell $(PYTHON) -m training.config $(CONFIG) 2>/dev/null),$(eval $(subst =, ?= ,$(name))))
 export BENTO_MODEL_TAG ?= $(BENTO_MODEL):latest
@@ -21,7 +22,7 @@ EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_M
 # the parity report of an export that make runs for you (the committed one in reports/export/ is make export's)
 LOCAL_PARITY = build/export/parity.json
 
-.PHONY: install lock lint eda lexical train remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
+.PHONY: install lock lint eda lexical train distill remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
 	loadtest benchmark overload read-length first-answer soak score ab-traffic ab-report report screenshots mlflow-ui notebook test all
 
@@ -50,6 +51,9 @@ lexical:  ## the hybrid's TF-IDF + LR half and its policy, chosen on validation 
 
 train:  ## fine-tune (CONFIG=..., overrides in ARGS="train.epochs=2 ...", NPROC=2 for DDP) -> models/<name>/
 	$(LAUNCH) -m training.train --config $(CONFIG) $(ARGS)
+
+distill:  ## the student: a few of the trained model's layers, trained on its probabilities (STUDENT_CONFIG) -> models/<student>/
+	$(LAUNCH) -m training.train --config $(STUDENT_CONFIG) $(ARGS)
 
 remote-pack:  ## tokenized splits + fp16 base model -> build/remote/, for a GPU machine without datasets/mlflow
 	$(PYTHON) -m training.remote pack --config $(CONFIG) $(ARGS)

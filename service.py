@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from serving import errors
 from serving.ab import CHALLENGER, CHAMPION
 from serving.access import ApiKeys
+from serving.admission import Door
 from serving.classifier import CHALLENGER_MODEL, MODEL, OnnxClassifier
 from serving.deferred import DeferredApp
 from serving.explain import Explanation
@@ -44,11 +45,9 @@ app = FastAPI(
     title="imdb-sentiment", description=__doc__, telemetry={"tracing": False, "metrics": False, "logs": False}
 )
 errors.install(app)
-app.add_middleware(  # outermost: a request counts against the limit once its body is in
-    Intake,
-    max_body_bytes=SETTINGS.max_body_bytes,
-    body_timeout_s=SETTINGS.body_timeout_s,
-    max_concurrency=SETTINGS.max_concurrency,
+DOOR = Door(SETTINGS.max_loop_lag_ms, SETTINGS.max_concurrency)  # refuses while the worker is behind
+app.add_middleware(  # outermost: a request counts as inside once its body is in
+    Intake, max_body_bytes=SETTINGS.max_body_bytes, body_timeout_s=SETTINGS.body_timeout_s, door=DOOR
 )
 UI = DeferredApp("the web UI")  # Gradio, built after start: its import alone takes seconds
 app.mount("/ui", UI)
@@ -74,7 +73,7 @@ class SentimentAPI:
 
     def __init__(self) -> None:
         models = {CHAMPION: self.model} | ({CHALLENGER: self.challenger} if self.challenger else {})
-        self.gateway = Gateway(lambda: self.classifier.to_async, models, SETTINGS)
+        self.gateway = Gateway(lambda: self.classifier.to_async, models, SETTINGS, DOOR)
 
     @bentoml.on_startup
     async def _start_background(self) -> None:

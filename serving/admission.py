@@ -1,67 +1,103 @@
-"""Admission to the transformer by the time the queue ahead will take, so that the requests let in stay fast.
+"""Admission: refuse only a standing queue, and refuse it before any work is spent on the request.
 
-Counting requests does not bound a wait: a `/predict_batch` of 64 texts costs 64 reviews, and a review costs what the
-file chosen on this CPU costs. So the API worker keeps the texts it has sent to the classifier and not had back, and
-the measured time the classifier takes per text while it has work (the time over the texts answered, in windows of
-at least `WINDOW_S` or to the end of a busy spell: answers of a batch come back together, and batches run texts side
-by side, so this is less than one call's latency); a request whose texts would wait past `max_queue_ms` for the
-texts ahead of them gets a fast 503 + Retry-After instead. A request onto an empty queue is always admitted (whatever
-its size), a batch weighs its texts for the requests after it, and a review that the lexical model answers alone
-never comes here.
+Two questions, asked in two places:
+
+- At the door (`intake.py`), before the body is parsed or the lexical model runs: is this worker behind? Its event
+  loop ran a timer more than `max_loop_lag_ms` late (`telemetry.watch_loop` measures it), or `max_concurrency`
+  requests are already inside. Such a refusal costs a few microseconds, so it stays fast however long the queue.
+- Before the transformer (`classifier_client.py`): does the classifier have a standing queue? CoDel's rule (Nichols
+  and Jacobson, 2012): the classifier reports how long each text waited before its batch started; a queue stands when
+  every text answered for a whole `interval_ms` waited more than `target_ms`. A burst (one batch of many texts, several
+  clients at once) drains within the interval and is never refused; a request's own texts never count against it.
+
+Below saturation nothing is refused: the queue drains between bursts, and the door's signals stay low.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from serving import errors
 
-SMOOTHING = 0.2  # weight of the newest measurement in the moving average of a text's cost
-WINDOW_S = 0.1  # the shortest stretch of answers one measurement covers
+LOOP_PROBE_S = 0.05  # how often the event loop's lag is measured
 
 
-class TransformerAdmission:
-    def __init__(self, max_queue_ms: float, max_in_flight: int, ms_per_text: float = 20.0):
-        self.max_queue_ms, self.max_in_flight = max_queue_ms, max_in_flight
-        self.ms_per_text = ms_per_text  # a first guess, replaced by measurements as answers come back
-        self.queued_texts = self.in_flight = 0
-        self.mark, self.answered = 0.0, 0  # the start of the measurement window, and the texts answered since
+class StandingQueue:
+    """CoDel's test on the waits the classifier reports, with the calls in flight counted."""
 
-    def expected_wait_ms(self) -> float:
-        """The time the texts ahead of a new request will take (its own texts are its own cost, not a wait)."""
-        return self.queued_texts * self.ms_per_text
+    def __init__(self, target_ms: float, interval_ms: float):
+        self.target_ms, self.interval_s = target_ms, interval_ms / 1000
+        self.above_since: float | None = None  # when the waits went above the target and stayed there
+        self.in_flight = 0
+        self.last_wait_ms = 0.0
+
+    def observe(self, waited_ms: float) -> None:
+        """One text's wait before its batch started."""
+        self.last_wait_ms = waited_ms
+        if waited_ms <= self.target_ms:
+            self.above_since = None
+        elif self.above_since is None:
+            self.above_since = time.monotonic()
+
+    def standing(self) -> bool:
+        """Whether the waits have stayed above the target for a whole interval (never with nothing in flight: then
+        the queue is empty)."""
+        if not self.in_flight or self.above_since is None:
+            return False
+        return time.monotonic() - self.above_since >= self.interval_s
 
     @contextmanager
-    def admit(self, texts: int) -> Iterator[None]:
-        """Hold `texts` in the queue for the duration of the block, or raise a 503 when the queue ahead is too long."""
-        if (wait_ms := self.expected_wait_ms()) > self.max_queue_ms:
+    def admit(self) -> Iterator[None]:
+        """Hold a call in flight for the block, or refuse it with a 503 + Retry-After while a queue stands."""
+        if self.standing():
             raise errors.ApiError(
                 503,
-                f"the transformer's queue would take about {wait_ms:.0f} ms (limit {self.max_queue_ms:.0f} ms); "
-                "retry shortly",
+                f"the transformer's queue has held every text over {self.target_ms:.0f} ms for "
+                f"{1000 * self.interval_s:.0f} ms; retry shortly",
             )
-        if self.in_flight >= self.max_in_flight:
-            raise errors.ApiError(503, f"over {self.max_in_flight} requests in flight; retry shortly")
-        if not self.queued_texts:  # a busy spell begins: idle time is no cost
-            self.mark, self.answered = time.perf_counter(), 0
-        self.queued_texts += texts
         self.in_flight += 1
         try:
             yield
         finally:
-            self.queued_texts -= texts
             self.in_flight -= 1
-        self.answered += texts  # reached only when the block succeeded: an answer came back
-        elapsed = time.perf_counter() - self.mark
-        if elapsed >= WINDOW_S or not self.queued_texts:
-            self.ms_per_text += SMOOTHING * (1000 * elapsed / self.answered - self.ms_per_text)
-            self.mark, self.answered = self.mark + elapsed, 0
 
     def describe(self) -> dict:
         return {
-            "queued_texts": self.queued_texts,
-            "ms_per_text": round(self.ms_per_text, 2),
-            "max_queue_ms": self.max_queue_ms,
+            "in_flight": self.in_flight,
+            "last_wait_ms": round(self.last_wait_ms, 1),
+            "standing": self.standing(),
+            "target_ms": self.target_ms,
+            "interval_ms": 1000 * self.interval_s,
         }
+
+
+class Door:
+    """Whether the worker is behind: checked for every request before its body is parsed."""
+
+    def __init__(self, max_loop_lag_ms: float, max_concurrency: int):
+        self.max_loop_lag_s, self.max_concurrency = max_loop_lag_ms / 1000, max_concurrency
+        self.loop_lag_s = 0.0  # the latest lag the event loop's probe measured
+        self.inside = 0
+
+    def refusal(self) -> str | None:
+        if self.inside >= self.max_concurrency:
+            return f"over {self.max_concurrency} requests in flight"
+        if self.loop_lag_s > self.max_loop_lag_s:
+            return f"the worker is {1000 * self.loop_lag_s:.0f} ms behind (limit {1000 * self.max_loop_lag_s:.0f} ms)"
+        return None
+
+    async def watch_loop(self, histogram: Any) -> None:
+        """How late the event loop runs a timer (into `histogram` too): the stall every request here waits out."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LOOP_PROBE_S
+            await asyncio.sleep(LOOP_PROBE_S)
+            self.loop_lag_s = max(loop.time() - due, 0.0)
+            histogram.observe(self.loop_lag_s)
+
+    def describe(self) -> dict:
+        return {"inside": self.inside, "loop_lag_ms": round(1000 * self.loop_lag_s, 1)}

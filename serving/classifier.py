@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 
 import bentoml
@@ -31,10 +32,18 @@ dispatch_when_free()  # a batch leaves as soon as the classifier is free, withou
 
 
 class Ask(BaseModel):
-    """One text to classify and the model version (store tag) that must answer it."""
+    """One text to classify, the model version (store tag) that must answer it, and when it was sent (epoch s)."""
 
     model: str
     text: str
+    sent: float
+
+
+class Answer(BaseModel):
+    """One text's class probabilities, and how long it waited before its batch started (the queue it met)."""
+
+    probabilities: list[float]
+    waited_ms: float
 
 
 def load(tag: str) -> CheckedModel:
@@ -108,18 +117,22 @@ class OnnxClassifier:
         return loaded
 
     @bentoml.api(**BATCHED)
-    def classify(self, asks: list[Ask]) -> list[list[float]]:
+    def classify(self, asks: list[Ask]) -> list[Answer]:
         """Class probabilities per text (label order as in its model's `label_names`), from the version it names."""
+        started = time.time()
         self.calls, self.texts = self.calls + 1, self.texts + len(asks)
         by_version: dict[str, list[int]] = defaultdict(list)
         for i, ask in enumerate(asks):
             by_version[ask.model].append(i)
-        answers: list[list[float]] = [[] for _ in asks]
+        probabilities: list[list[float]] = [[] for _ in asks]
         for tag, positions in by_version.items():
-            probabilities = self.version(tag).runtime.predict_proba([asks[i].text for i in positions])
-            for i, row in zip(positions, probabilities.tolist(), strict=True):
-                answers[i] = row
-        return answers
+            answered = self.version(tag).runtime.predict_proba([asks[i].text for i in positions])
+            for i, row in zip(positions, answered.tolist(), strict=True):
+                probabilities[i] = row
+        return [
+            Answer(probabilities=row, waited_ms=max(1000 * (started - ask.sent), 0.0))
+            for row, ask in zip(probabilities, asks, strict=True)
+        ]
 
     @bentoml.api
     def reload(self, arm: str, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running

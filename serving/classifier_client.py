@@ -1,5 +1,6 @@
-"""The transformer's service seen from the API worker: each call names the model version that must answer, waits
-its turn behind admission (`admission.py`), comes back within the deadline, and survives a stale pooled connection.
+"""The transformer's service seen from the API worker: each call names the model version that must answer, is refused
+while the classifier has a standing queue (`admission.StandingQueue`, fed the waits it reports), comes back within
+the deadline, and survives a stale pooled connection.
 
 `client()` returns BentoML's async client of `OnnxClassifier` (`classifier.py`); nothing else in the API worker
 talks to it.
@@ -8,13 +9,14 @@ talks to it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
 from serving.ab import Arm
-from serving.admission import TransformerAdmission
+from serving.admission import StandingQueue
 from serving.versions import ModelVersion
 
 STATUS_TIMEOUT_S = 2.0
@@ -22,14 +24,15 @@ CONNECTION_RETRIES = 3  # stale pooled connections a call may meet before it rea
 
 
 class ClassifierClient:
-    def __init__(self, client: Callable[[], Any], admission: TransformerAdmission, deadline_s: float):
-        self.client, self.admission, self.deadline_s = client, admission, deadline_s
+    def __init__(self, client: Callable[[], Any], queue: StandingQueue, deadline_s: float):
+        self.client, self.queue, self.deadline_s = client, queue, deadline_s
 
     async def classify(self, texts: list[str], version: ModelVersion) -> list[list[float]]:
-        """`version`'s class probabilities for `texts`: a fast 503 when they would wait too long (admission)."""
-        asks = [{"model": version.tag, "text": text} for text in texts]  # answered by this version and no other
+        """`version`'s class probabilities for `texts`: a fast 503 while a queue stands (admission)."""
+        sent = time.time()
+        asks = [{"model": version.tag, "text": text, "sent": sent} for text in texts]  # this version and no other
 
-        async def classify() -> list[list[float]]:
+        async def classify() -> list[dict]:
             for _ in range(CONNECTION_RETRIES):
                 try:
                     return await self.client().classify(asks)
@@ -40,8 +43,11 @@ class ClassifierClient:
                     pass
             return await self.client().classify(asks)
 
-        with self.admission.admit(len(texts)):
-            return await asyncio.wait_for(classify(), self.deadline_s)
+        with self.queue.admit():
+            answers = await asyncio.wait_for(classify(), self.deadline_s)
+        for answer in answers:
+            self.queue.observe(answer["waited_ms"])
+        return [answer["probabilities"] for answer in answers]
 
     async def status(self) -> dict:
         """The champion's file served and its self-check on this CPU, the batches run, the versions loaded."""

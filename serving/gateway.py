@@ -22,7 +22,7 @@ from fastapi import Request, Response
 
 from serving import errors
 from serving.ab import CHALLENGER, CHAMPION, Allocation, Arm
-from serving.admission import TransformerAdmission
+from serving.admission import Door, StandingQueue
 from serving.batching import dispatch_problem
 from serving.classifier_client import ClassifierClient
 from serving.core.hybrid import HybridPolicy, Mode
@@ -42,14 +42,16 @@ log = logging.getLogger("sentiment.service")
 class Gateway:
     """Created once per API worker, with the models the service declares (champion, and a challenger if any)."""
 
-    def __init__(self, classifier: Callable[[], Any], models: dict[Arm, StoredModel], settings: ServiceSettings):
+    def __init__(
+        self, classifier: Callable[[], Any], models: dict[Arm, StoredModel], settings: ServiceSettings, door: Door
+    ):
         self.settings = settings
         self.versions = {arm: ModelVersion.of(arm, model, settings.hybrid_mode) for arm, model in models.items()}
         self.allocation = Allocation(settings.ab_rollout, settings.challenger_share, CHALLENGER in self.versions)  # type: ignore[arg-type]
-        self.admission = TransformerAdmission(settings.max_queue_ms, settings.max_in_flight)
+        self.door, self.queue = door, StandingQueue(settings.queue_target_ms, settings.queue_interval_ms)
         # the batching deadline plus the time to run a full batch: past it the classifier is not coming back soon
         deadline_s = settings.max_latency_ms / 1000 + settings.classify_timeout_s
-        self.classifier = ClassifierClient(classifier, self.admission, deadline_s)
+        self.classifier = ClassifierClient(classifier, self.queue, deadline_s)
         self.telemetry = RequestTelemetry(settings, models[CHAMPION].path)
         self.shadows = Shadows(self._answer, self.telemetry, settings.max_shadow_in_flight)
         self.explanations = Explanations(settings.workers, settings.max_explain_in_flight, settings.explain_max_evals)
@@ -103,7 +105,7 @@ class Gateway:
         batches, the event loop's lag and, unless MODEL_POLL_S=0, the watch on the store."""
         self.explanations.load_in_background(self._first_explained())
         self.drift_watch = asyncio.create_task(self.telemetry.watch_drift())
-        self.loop_watch = asyncio.create_task(self.telemetry.watch_loop())
+        self.loop_watch = asyncio.create_task(self.door.watch_loop(self.telemetry.loop_lag))
         if self.settings.model_poll_s > 0:
             wanted = {CHAMPION: self.settings.bento_model_tag, CHALLENGER: self.settings.challenger_model_tag}
             self.store_watch = asyncio.create_task(self.reloads.watch(wanted, self.settings.model_poll_s))
@@ -134,7 +136,7 @@ class Gateway:
             "hybrid": champion.hybrid.describe(),
             "ab": ab,
             "explainer": self.explanations.state(),
-            "admission": self.admission.describe(),
+            "admission": {"door": self.door.describe(), "queue": self.queue.describe()},
             "drift": self.telemetry.drift_status(),
             "internals": self.internals or "as patched",
             "warning": "; ".join(

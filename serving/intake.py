@@ -1,10 +1,11 @@
-"""The door of the API: a request takes one of the `max_concurrency` slots only once its whole body has arrived.
+"""The door of the API: a request counts as inside only once its whole body has arrived, and is refused there,
+before its body is parsed, when the worker is behind (`admission.Door`).
 
 BentoML's own limit (`traffic.max_concurrency`) counts a request from its first header line, so a client that opens
 many requests and sends no body holds every slot: everyone else gets 429 for as long as it likes. Here a body must
 arrive within `body_timeout_s` (else 408, and the connection is closed) and within `max_body_bytes` (else 413, before
-it is read when its length is declared); only then does the request count against `max_concurrency` (past it, a
-fast 503 + Retry-After). Plain ASGI, as `errors.Faults`.
+it is read when its length is declared); then the door answers a fast 503 + Retry-After if the worker is behind (too
+many requests inside, or its event loop late). Plain ASGI, as `errors.Faults`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import asyncio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.admission import Door
 from serving.errors import error_response
 
 
 class Intake:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, max_concurrency: int):
-        self.app, self.max_body_bytes, self.body_timeout_s = app, max_body_bytes, body_timeout_s
-        self.max_concurrency, self.in_flight = max_concurrency, 0
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, door: Door):
+        self.app, self.max_body_bytes, self.body_timeout_s, self.door = app, max_body_bytes, body_timeout_s, door
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,13 +37,13 @@ class Intake:
             return await self._refuse(408, message, scope, receive, send)
         if body is None:
             return await self._refuse(413, f"Request body over {self.max_body_bytes} bytes", scope, receive, send)
-        if self.in_flight >= self.max_concurrency:
-            return await self._refuse(503, f"over {self.max_concurrency} requests in flight", scope, receive, send)
-        self.in_flight += 1
+        if scope["method"] == "POST" and (refusal := self.door.refusal()):  # the API's work; GETs are cheap
+            return await self._refuse(503, f"{refusal}; retry shortly", scope, receive, send)
+        self.door.inside += 1
         try:
             await self.app(scope, replay(body, receive), send)
         finally:
-            self.in_flight -= 1
+            self.door.inside -= 1
 
     async def _body(self, receive: Receive) -> list[Message] | None:
         """The request's messages up to the end of its body; None once it passes `max_body_bytes` (chunked)."""

@@ -26,10 +26,10 @@ class ServiceSettings:
     max_batch_size: int = 64
     max_latency_ms: int = 5000
     classify_timeout_s: int = 3  # beyond the batching deadline, how long a call to the classifier may take
-    max_in_flight: int = 48  # requests waiting for the transformer past this get a fast 503 + Retry-After too
     # Requests at once in the API worker, counted once their body is in (serving/intake.py); a body must arrive
     # within body_timeout_s (else 408): a client that sends headers and nothing more holds no slot for long.
     max_concurrency: int = 512
+    max_loop_lag_ms: float = 50.0  # the door refuses while the API worker's event loop runs later than this
     body_timeout_s: float = 10.0
     adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
     worker_check_s: float = 1.0  # how often BentoML's supervisor respawns a dead worker (its own default: 10 s)
@@ -37,7 +37,10 @@ class ServiceSettings:
     # whether the threads of a review that reaches the classifier alone wait spinning for the next run: slightly faster
     # alone, but they keep every core busy after each run, against the API process and the other reviews
     lone_text_spinning: bool = False
-    max_queue_ms: float = 150.0  # texts that would wait longer for the transformer get a fast 503 + Retry-After
+    # The transformer has a standing queue (fast 503 + Retry-After for texts sent onward) when every text it answered
+    # for queue_interval_ms waited over queue_target_ms before its batch started (CoDel: serving/admission.py).
+    queue_target_ms: float = 50.0
+    queue_interval_ms: float = 200.0
     log_text: bool = False  # raw review text in the request log
     explain_max_evals: int = 64  # SHAP's budget per /explain (each response reports its elapsed_ms)
     max_explain_in_flight: int = 1  # explanations past this get a fast 503 (they never slow /predict's queue)

@@ -17,6 +17,7 @@ import numpy as np
 from pythonjsonlogger.json import JsonFormatter
 
 from serving.ab import CHAMPION, Arm
+from serving.admission import LOOP_PROBE_S
 from serving.core.drift import FEATURES, PSI_ALERT, DriftMonitor, TextStatistics, answer_statistics
 from serving.core.selfcheck import SelfCheck
 from serving.schemas import Prediction
@@ -58,7 +59,6 @@ class RequestRecord:
 
 log = logging.getLogger(__name__)
 DRIFT_INTERVAL_S = 1.0  # how often the texts answered since are added to the drift window
-LOOP_PROBE_S = 0.05  # how often the event loop's lag is measured
 
 
 class RequestTelemetry:
@@ -171,14 +171,6 @@ class RequestTelemetry:
                 self.unobserved.append((texts, predictions))
             extra = {"texts": texts} if self.log_text else {}
         self.log.info("prediction", extra=request.log_fields(texts, predictions, latency_s) | extra)
-
-    async def watch_loop(self) -> None:
-        """How late the event loop runs a timer: the stall that every request on this worker waited out with it."""
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + LOOP_PROBE_S
-            await asyncio.sleep(LOOP_PROBE_S)
-            self.loop_lag.observe(max(loop.time() - due, 0.0))
 
     async def watch_drift(self) -> None:
         """The drift features of the answered texts, in batches, off the request path: tokenized one request at a

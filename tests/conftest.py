@@ -53,15 +53,20 @@ def free_port() -> int:
 def server():
     """The release model behind `bentoml serve` (needs `make model`), warm (`loadtests.common.ready`), one per test
     module: a server started later (fault drills, the notebook) resets BentoML's shared Prometheus files, and a
-    long-lived one loses its metrics. Its request log is `SERVER_LOG`. Admission sheds nothing here (a queue limit of
-    a minute): these tests send bursts of transformer requests to check answers and batching; shedding is drilled on
-    a server of its own (tests/test_faults.py)."""
+    long-lived one loses its metrics. Its request log is `SERVER_LOG`. Admission sheds nothing here (queue and loop
+    limits of a minute): these tests send bursts of transformer requests to check answers and batching; shedding is
+    drilled on a server of its own (tests/test_faults.py)."""
     from loadtests.common import bentoml_serve, running
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     SERVER_LOG.unlink(missing_ok=True)
-    env = {"BENTOML_HOME": os.environ["BENTOML_HOME"], "MAX_QUEUE_MS": "60000", "PREDICTION_LOG": str(SERVER_LOG)}
+    env = {
+        "BENTOML_HOME": os.environ["BENTOML_HOME"],
+        "QUEUE_TARGET_MS": "60000",
+        "MAX_LOOP_LAG_MS": "60000",
+        "PREDICTION_LOG": str(SERVER_LOG),
+    }
     with running(bentoml_serve(port), f"{url}/health", env):
         yield url
 

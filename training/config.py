@@ -80,6 +80,12 @@ class ModelConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_target_modules: list[str] | str = "all-linear"
+    # A student: the trained model folder `teacher` (its merged weights and head), cut to its encoder layers
+    # `student_layers`, then trained with LoRA on the teacher's probabilities and the true labels.
+    teacher: str | None = None
+    student_layers: list[int] | None = None
+    soft_label_weight: float = 0.5  # the loss's share given to matching the teacher (the rest: the true labels)
+    temperature: float = 2.0  # both models' logits are divided by it before they are compared
 
 
 @dataclass

@@ -91,6 +91,7 @@ def training_arguments(config: ExperimentConfig, report_to: list[str]) -> Traini
         use_cpu=not torch.cuda.is_available(),  # also what makes several CPU processes one DDP job (gloo)
         seed=train.seed,
         label_names=["labels"],
+        remove_unused_columns=False,  # a student's `teacher_probs` reach its loss (tokenizing keeps only the inputs)
         report_to=report_to,
     )
     return TrainingArguments(**_for_installed_transformers(arguments))
@@ -178,11 +179,14 @@ def fit(
     train_dataset,
     eval_dataset,
     report_to: list[str],
+    trainer_class: type[Trainer] = Trainer,
+    **trainer_options: Any,
 ) -> FitResult:
-    """Train (resuming from the last checkpoint in `config.run_dir` if any) and reload the best checkpoint."""
+    """Train (resuming from the last checkpoint in `config.run_dir` if any) and reload the best checkpoint;
+    `trainer_class` and `trainer_options`: another loss (a student's)."""
     checkpoint = get_last_checkpoint(str(config.run_dir)) if config.run_dir.exists() else None
     clock = WallClock(spent_before(checkpoint))
-    trainer = Trainer(
+    trainer = trainer_class(
         model=model,
         args=training_arguments(config, report_to),
         train_dataset=train_dataset,
@@ -194,6 +198,7 @@ def fit(
             EvaluateAtEnd(),
             clock,
         ],
+        **trainer_options,
     )
     output = trainer.train(resume_from_checkpoint=checkpoint)
     validation = trainer.evaluate()  # the best checkpoint, reloaded by load_best_model_at_end

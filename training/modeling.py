@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from serving.core.text import EncodingConfig, encode, pack_ids, without_truncation
-from training.config import ExperimentConfig, ModelConfig, hub_id, resolve_checkpoint
+from training.config import ExperimentConfig, ModelConfig, hub_id, load_config, resolve_checkpoint
 
 
 def device() -> torch.device:
@@ -34,9 +34,29 @@ def load_base_model(checkpoint: str, label_names: list[str]) -> PreTrainedModel:
     )
 
 
+def student_start(config: ModelConfig, label_names: list[str]) -> PreTrainedModel:
+    """The teacher's merged model cut to the encoder layers `student_layers`: the student starts from the teacher's
+    own layers, embeddings and head, so only a small adapter on top of them needs storing."""
+    teacher_dir = Path(config.teacher)
+    teacher_config = load_config(teacher_dir / "config.yaml")
+    model = load_trained(teacher_dir, teacher_config, label_names)
+    encoder = getattr(model, model.base_model_prefix).encoder
+    encoder.layer = torch.nn.ModuleList(encoder.layer[i] for i in config.student_layers)
+    model.config.num_hidden_layers = len(config.student_layers)
+    return model
+
+
+def starting_model(config: ModelConfig, label_names: list[str]) -> PreTrainedModel:
+    """What training starts from and what an adapter is applied to: the base encoder with a fresh classification
+    head, or for a student its teacher cut to fewer layers."""
+    if config.teacher:
+        return student_start(config, label_names)
+    return load_base_model(config.checkpoint, label_names)
+
+
 def build_model(config: ModelConfig, label_names: list[str]) -> PreTrainedModel:
-    """The base encoder with a fresh classification head, wrapped in LoRA unless `method` is `full`."""
-    model = load_base_model(config.checkpoint, label_names)
+    """The starting model, wrapped in LoRA unless `method` is `full`."""
+    model = starting_model(config, label_names)
     if config.method == "full":
         return model
     if config.method != "lora":
@@ -80,7 +100,8 @@ def merged_from_adapter(adapter_dir: Path, checkpoint: str, label_names: list[st
 def load_trained(model_dir: Path, config: ExperimentConfig, label_names: list[str]) -> PreTrainedModel:
     """What `save_trained` wrote, ready to predict: base + adapter merged (LoRA) or the full model."""
     if config.model.method == "lora":
-        return merged_from_adapter(model_dir, config.model.checkpoint, label_names)
+        start = starting_model(config.model, label_names)
+        return PeftModel.from_pretrained(start, model_dir).merge_and_unload().eval()
     return AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
 
 

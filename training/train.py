@@ -22,6 +22,7 @@ from transformers import set_seed
 from serving.core.text import encode, without_truncation
 from training.config import RELEASE_CONFIG, ExperimentConfig, command_line, flatten
 from training.data import LoadedData, load_data
+from training.distill import student_loss, with_teacher_probabilities
 from training.fit import fit, hardware, is_main_process, world_size
 from training.modeling import (
     PARITY_SAMPLE,
@@ -61,6 +62,8 @@ def run(config: ExperimentConfig) -> dict:
     data = load_data(config.data)
     tokenizer = load_tokenizer(config.model.checkpoint)
     tokenized = tokenize(data, config, tokenizer)
+    if config.model.teacher:
+        tokenized = with_teacher_probabilities(tokenized, data, config)
     main = is_main_process()
     if main:
         setup_tracking(config.data.name)
@@ -81,11 +84,22 @@ def run(config: ExperimentConfig) -> dict:
                 }
             )
             mlflow.set_tags({"git_commit": git_commit(), "hardware": hardware(), "world_size": world_size()})
+            if config.model.teacher:
+                mlflow.set_tag("teacher", config.model.teacher)  # lineage: the model folder it was distilled from
             mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
 
         set_seed(config.train.seed)  # the new classifier head's initialisation
         model = build_model(config.model, data.label_names)
-        result = fit(config, model, tokenizer, tokenized["train"], tokenized["validation"], report_to=["mlflow"])
+        student = config.model.teacher is not None
+        result = fit(
+            config,
+            model,
+            tokenizer,
+            tokenized["train"],
+            tokenized["validation"],
+            report_to=["mlflow"],
+            **(student_loss(config.model) if student else {}),
+        )
         sizes = {split: len(data.splits[split]) for split in ("train", "validation")}
         summary = result.summary(config, data.label_names, sizes)
         if not main:
