@@ -43,7 +43,7 @@ lock:  ## requirements.txt and requirements-serve.txt from pyproject.toml's extr
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
-eda:  ## dataset report -> reports/eda/<dataset>/
+eda:  ## dataset report -> reports/eda/<name>/
 	$(PYTHON) -m training.eda --config $(CONFIG)
 
 lexical:  ## the hybrid's TF-IDF + LR half and its policy, chosen on validation -> models/<name>/lexical.onnx.gz, hybrid.json

@@ -68,6 +68,17 @@ from training.data import DataSourceError, load_data
 from training.modeling import PARITY_SAMPLE, stored_or_predicted
 from training.registry import HYBRID_DIR, SELECTION_METRIC, registered_with_hybrid, setup_tracking
 
+MIN_GATE_REVIEWS = 2000  # below this, one review is over 0.05% of the gate: the report and /health say so
+
+
+def gate_size_note(export: ExportConfig, reviews: int) -> str | None:
+    if export.gate_samples >= MIN_GATE_REVIEWS:
+        return None
+    return (
+        f"the parity gate judged {export.gate_samples} reviews (of a parity sample of {reviews}; "
+        f"{MIN_GATE_REVIEWS} or more make one review at most 0.05%)"
+    )
+
 
 class ParityError(RuntimeError):
     """The fp32 export disagrees with the PyTorch model: the export is broken, nothing is imported."""
@@ -98,6 +109,21 @@ class ExportConfig:
     selfcheck: SelfCheckLimits = field(default_factory=SelfCheckLimits)
     work_dir: str = "build/onnx"
     report: str = "reports/export/parity.json"
+
+    def fitted_to(self, reviews: int) -> ExportConfig:
+        """Every sample size within a parity sample of `reviews`: at most a quarter is held out for the search (at
+        least one review), the rest is gated; the golden set, timing and drift profile take what there is."""
+        search = min(self.search_samples, max(reviews // 4, 1))
+        gated = reviews - search
+        return replace(
+            self,
+            search_samples=search,
+            gate_samples=min(self.gate_samples or gated, gated),
+            first_gate_samples=min(self.first_gate_samples, gated),
+            golden_size=min(self.golden_size, gated),
+            timing_samples=min(self.timing_samples, reviews),
+            profile_texts=min(self.profile_texts, reviews),
+        )
 
 
 @dataclass
@@ -218,8 +244,6 @@ def evaluate_files(
     onnx_dir: Path, reference: np.ndarray, ids: list[list[int]], labels: np.ndarray, export: ExportConfig
 ) -> dict[str, dict]:
     """Parity and speed of fp32 and every int8 candidate; each entry says whether it passed the gate."""
-    if export.search_samples >= len(ids):
-        raise ValueError(f"a parity sample of {len(ids)} reviews cannot hold out {export.search_samples}")
     held_out = len(ids) - export.search_samples
     gated, search = slice(0, min(export.gate_samples or held_out, held_out)), slice(held_out, len(ids))
     fp32 = OnnxTextClassifier(onnx_dir, FP32_FILE)
@@ -291,7 +315,7 @@ def reference_profile(
     router = HybridRouter(onnx_dir)
     probabilities, _ = router.classify_in_process(texts, router.policy, transformer, progress="drift profile")
     statistics = TextStatistics(transformer.tokenizer, transformer.encoding)(texts) | answer_statistics(probabilities)
-    described = f"{config.data.name} validation split, {len(texts)} texts, {transformer.model_file}"
+    described = f"{config.dataset} validation split, {len(texts)} texts, {transformer.model_file}"
     return build_profile(statistics, described)
 
 
@@ -325,6 +349,7 @@ def import_to_bentoml(
         "export_cpu": cpu_flags(),
         "selfcheck": asdict(export.selfcheck),
         "hybrid": asdict(hybrid) if hybrid else None,
+        "gate_reviews": export.gate_samples,
     }
     metadata = {key: value for key, value in metadata.items() if value is not None}  # BentoML refuses None
     labels = {"mlflow_model": registry.name, "mlflow_version": registry.version, "recipe": served}
@@ -384,6 +409,8 @@ def run(export: ExportConfig, int8_pending: str | None = None) -> bentoml.Model:
     onnx_dir = export_onnx(model, tokenizer, registry.config, Path(export.work_dir))
     sample = load_parity_sample(registry.run_id)
     ids, labels = sample.ids, sample.labels
+    export = export.fitted_to(len(ids))  # a small dataset's validation split holds fewer reviews than the defaults
+    gate_note = gate_size_note(export, len(ids))
     reference = pytorch_reference(model, tokenizer.pad_token_id, sample, export)
     results = evaluate_files(onnx_dir, reference, ids, labels, export)
     shipped, warning = choose(results)
@@ -416,6 +443,8 @@ def run(export: ExportConfig, int8_pending: str | None = None) -> bentoml.Model:
         "timing_samples": export.timing_samples,
         "timing_rounds": export.timing_rounds,
         "golden_size": export.golden_size,
+        "gate_reviews": export.gate_samples,
+        "gate_note": gate_note,
         "files": results,
         "hybrid": asdict(hybrid) if hybrid else None,
     }

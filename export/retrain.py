@@ -238,7 +238,7 @@ def run(config: RetrainConfig) -> dict[str, Any]:
     name, new_data = base.registered_model, Path(config.new_data)
     retrain_id = content_id(new_data, base, config.new_eval_size)
     work, report_dir = Path(config.work_dir) / retrain_id, Path(config.reports_dir) / retrain_id
-    setup_tracking(base.data.name)
+    setup_tracking(base.dataset)
     client = MlflowClient()
     champion = champion_version(client, name)
     if champion is None:

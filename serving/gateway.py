@@ -132,6 +132,7 @@ class Gateway:
             "status": "ok",
             "model": champion.tag,
             "version": champion.model_version,
+            "gate_reviews": champion.gate_reviews,
             "selfcheck": check,
             "hybrid": champion.hybrid.describe(),
             "ab": ab,

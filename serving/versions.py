@@ -21,6 +21,7 @@ class ModelVersion:
     label_names: list[str]
     model_version: str
     hybrid: HybridRouter
+    gate_reviews: int | None  # how many reviews the export's parity gate judged (older exports: unknown)
 
     @classmethod
     def of(cls, arm: Arm, model: StoredModel, hybrid_mode: str) -> ModelVersion:
@@ -32,6 +33,7 @@ class ModelVersion:
             label_names=metadata["label_names"],
             model_version=f"{metadata['mlflow_model']}:{metadata['mlflow_version']}",
             hybrid=HybridRouter(model.path, hybrid_mode),
+            gate_reviews=metadata.get("gate_reviews"),
         )
 
 

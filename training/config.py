@@ -109,6 +109,10 @@ class TrainConfig:
 class HybridConfig:
     """The lexical model beside the transformer, and the rules that choose how the two answer (on validation)."""
 
+    # tfidf: TF-IDF + logistic regression (the release's). nbsvm: NBSVM on word and character n-grams
+    # (`training/nbsvm.py`): more accurate alone, but no smaller a share sent onward at the cascade's accuracy on IMDb
+    # validation (reports/experiments/lexical-nbsvm).
+    recipe: str = "tfidf"
     ngram_max: int = 2  # word n-grams from 1 to this
     # The vocabulary's size is set by min_df alone (5: 142k n-grams on IMDb, as accurate on validation as 400k): a
     # max_features cap can keep a bigram without its words, which ONNX Runtime's TfIdfVectorizer then never counts.
@@ -118,6 +122,12 @@ class HybridConfig:
     # as log(1 + tf), which is not scikit-learn's 1 + log(tf).
     binary: bool = True
     C: float = 8.0  # inverse L2 strength of the logistic regression
+    # nbsvm only: character n-grams from char_ngram_min to char_ngram_max (0: none), the strongest max_features
+    # n-grams kept (with the shorter ones they contain), and the share of train held out for the temperature
+    char_ngram_min: int = 2
+    char_ngram_max: int = 0
+    max_features: int = 100_000
+    calibration_share: float = 0.1
     # The cascade's threshold: the lowest at which the cascade may lose at most `max_cascade_loss` accuracy to the
     # ensemble on validation, at `loss_confidence` (paired bootstrap of the validation reviews, `bootstrap_samples`).
     max_cascade_loss: float = 0.001
@@ -139,6 +149,11 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
+
+    @property
+    def dataset(self) -> str:
+        """The dataset's short name (a folder's or file's, without its suffix): its MLflow experiment and titles."""
+        return Path(self.data.name).stem
 
     @property
     def run_dir(self) -> Path:

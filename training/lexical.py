@@ -1,4 +1,4 @@
-"""The hybrid model's lexical half and its policy: TF-IDF (word n-grams) + logistic regression beside the transformer.
+"""The hybrid model's lexical half and its policy: TF-IDF + logistic regression (or NBSVM) beside the transformer.
 
     python -m training.lexical --model-dir models/imdb-minilm-lora
 
@@ -25,7 +25,7 @@ from skl2onnx import to_onnx
 from skl2onnx.common.data_types import StringTensorType
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline, make_union
 
 from serving.core.hybrid import (
     LEXICAL_FILE,
@@ -40,6 +40,7 @@ from serving.core.hybrid import (
 from serving.core.text import unpack_ids
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, HybridConfig, command_line, flatten
 from training.modeling import PARITY_SAMPLE, load_tokenizer, load_trained, stored_or_predicted
+from training.nbsvm import train_nbsvm
 from training.registry import setup_tracking
 
 WEIGHTS = np.round(np.arange(0, 1.0001, 0.025), 3)  # lexical weight in the ensemble: 0 is the transformer alone
@@ -48,6 +49,11 @@ THRESHOLDS = np.round(np.arange(0, 1.0001, 0.01), 2)  # lexical top-two margin; 
 
 
 def train_lexical(texts: list[str], labels: list[int], config: HybridConfig) -> Pipeline:
+    """The lexical model of `config.recipe`: word n-grams (one union of vectorizers) and a logistic regression."""
+    if config.recipe == "nbsvm":
+        return train_nbsvm(texts, labels, config)
+    if config.recipe != "tfidf":
+        raise ValueError(f"hybrid.recipe must be 'tfidf' or 'nbsvm', not {config.recipe!r}")
     vectorizer = TfidfVectorizer(
         ngram_range=(1, config.ngram_max),
         min_df=config.min_df,
@@ -55,15 +61,18 @@ def train_lexical(texts: list[str], labels: list[int], config: HybridConfig) -> 
         token_pattern=TOKEN_PATTERN,
         binary=config.binary,
     )
-    pipeline = make_pipeline(vectorizer, LogisticRegression(C=config.C, max_iter=2000))
+    pipeline = make_pipeline(make_union(vectorizer), LogisticRegression(C=config.C, max_iter=2000))
     return pipeline.fit([lexical_text(t) for t in texts], labels)
 
 
 def export_lexical(pipeline: Pipeline, path: Path, texts: list[str]) -> float:
     """ONNX through skl2onnx (no pickle, no scikit-learn in the serving image); returns the largest probability
     difference from scikit-learn on `texts`, refusing the file above `LEXICAL_MAX_ABS_DIFF`."""
-    vectorizer, classifier = pipeline.steps[0][1], pipeline.steps[-1][1]
-    options = {id(vectorizer): {"tokenexp": TOKEN_PATTERN, "separators": None}, id(classifier): {"zipmap": False}}
+    union, classifier = pipeline.steps[0][1], pipeline.steps[-1][1]
+    options: dict[int, dict] = {id(classifier): {"zipmap": False}}
+    for _, vectorizer in union.transformer_list:
+        if vectorizer.analyzer == "word":  # words as Python's regex finds them; characters need no options
+            options[id(vectorizer)] = {"tokenexp": TOKEN_PATTERN, "separators": None}
     graph = to_onnx(pipeline, initial_types=[("text", StringTensorType([None, 1]))], options=options)
     path.write_bytes(gzip.compress(graph.SerializeToString(), mtime=0))
     reference = pipeline.predict_proba([lexical_text(t) for t in texts])
@@ -141,7 +150,7 @@ def choose_policy(
 
 def log_to_training_run(run_id: str | None, config: ExperimentConfig, metrics: dict, files: list[Path]) -> None:
     """Into the transformer's run when this store has it (a model trained elsewhere gets a run of its own)."""
-    setup_tracking(config.data.name)
+    setup_tracking(config.dataset)
     try:
         run_id = MlflowClient().get_run(run_id).info.run_id if run_id else None
     except MlflowException:

@@ -152,7 +152,7 @@ def register(
     and its alias (`gate=False`: `challenger`, whatever it scores)."""
     summary = json.loads((model_dir / "metrics.json").read_text())
     model = load_trained(model_dir, config, summary["label_names"])
-    setup_tracking(config.data.name)
+    setup_tracking(config.dataset)
     with mlflow.start_run(run_name=f"register-{config.name}"):
         mlflow.log_params(flatten(config.to_dict(), "cfg."))
         mlflow.log_metrics({k: v for k, v in summary.items() if k.startswith(("test_", "validation_"))})

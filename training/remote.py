@@ -107,7 +107,7 @@ def finish(out: Path, models_dir: Path) -> None:
     for name in ("adapter_config.json", "adapter_model.safetensors", "config.yaml"):
         shutil.copy(trained / name, target / name)
     write_parity_sample(config, target)
-    setup_tracking(config.data.name)
+    setup_tracking(config.dataset)
     with mlflow.start_run(run_name=config.name) as active:
         mlflow.log_params(flatten(config.to_dict(), "cfg."))
         mlflow.set_tags({"git_commit": git_commit(), "hardware": summary["hardware"], "trained_on": "remote GPU"})

@@ -66,7 +66,7 @@ def run(config: ExperimentConfig) -> dict:
         tokenized = with_teacher_probabilities(tokenized, data, config)
     main = is_main_process()
     if main:
-        setup_tracking(config.data.name)
+        setup_tracking(config.dataset)
         config.run_dir.mkdir(parents=True, exist_ok=True)
     run_id_file = config.run_dir / "mlflow_run_id"
     resuming = any(config.run_dir.glob("checkpoint-*")) and run_id_file.exists()
