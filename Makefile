@@ -2,11 +2,10 @@
 PYTHON := .venv/bin/python
 CONFIG ?= training/configs/imdb-minilm-lora.yaml
 STUDENT_CONFIG ?= training/configs/imdb-minilm-student.yaml
-# MODEL_DIR, MODEL_URI and BENTO_MODEL follow CONFIG (its name and registered_model: ExperimentConfig.stage_names)
+# MODEL_DIR, MODEL_URI, BENTO_MODEL, EXPORT_REPORT and IMAGE_TAG follow CONFIG (ExperimentConfig.stage_names)
 $(foreach name,$(shell $(PYTHON) -m training.config $(CONFIG) 2>/dev/null),$(eval $(subst =, ?= ,$(name))))
 export BENTO_MODEL_TAG ?= $(BENTO_MODEL):latest
 PORT ?= 3000
-IMAGE_TAG ?= imdb-sentiment:latest
 NPROC ?= 1
 # one process, or NPROC data-parallel ones (DDP: gloo on CPU, NCCL on GPUs); multi-node: see docs/SCALE_OUT.md
 LAUNCH := $(if $(filter-out 1,$(NPROC)),.venv/bin/torchrun --standalone --nproc_per_node $(NPROC),$(PYTHON))
@@ -18,7 +17,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 REGISTER = $(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
-EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL)
+EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) report=$(EXPORT_REPORT)
 # the parity report of an export that make runs for you (the committed one in reports/export/ is make export's)
 LOCAL_PARITY = build/export/parity.json
 

@@ -1,4 +1,4 @@
-"""BentoML service: sentiment of English movie reviews from the ONNX export of the registered model.
+"""BentoML service: a text classifier from the ONNX export of the registered model (the one the store serves).
 
 `SentimentAPI` is the public API on port 3000: strict validation with one JSON error shape and an OpenAPI document
 that states every limit, `/explain` (SHAP) and the web UI at `/ui` (Gradio). A request's path through the API process
@@ -41,8 +41,12 @@ IMAGE = (
 
 check_workers_every(SETTINGS.worker_check_s)  # a killed worker is back in seconds (BentoML's default: 10 s)
 # BentoML's own middleware traces and meters every request: FastAPI's native telemetry would do it a second time
+SERVED = bentoml.models.get(SETTINGS.bento_model_tag).info.metadata  # the OpenAPI document names what is served
 app = FastAPI(
-    title="imdb-sentiment", description=__doc__, telemetry={"tracing": False, "metrics": False, "logs": False}
+    title=SERVED["mlflow_model"],
+    description=f"Classifies a text as one of {', '.join(SERVED['label_names'])} (`{SERVED['mlflow_model']}`, "
+    f"trained on {SERVED.get('dataset', 'its dataset')}).\n\n{__doc__}",
+    telemetry={"tracing": False, "metrics": False, "logs": False},
 )
 errors.install(app)
 DOOR = Door(SETTINGS.max_loop_lag_ms, SETTINGS.max_concurrency)  # refuses while the worker is behind
@@ -62,7 +66,7 @@ JSON_ONLY = {
 def build_ui() -> FastAPI:
     from serving.ui import ui_app  # imports Gradio: in the API worker only, after start
 
-    return ui_app(login=KEYS.ui_login if KEYS.enabled else None)
+    return ui_app(app.title, login=KEYS.ui_login if KEYS.enabled else None)
 
 
 @bentoml.asgi_app(app, path="/")

@@ -341,6 +341,7 @@ def import_to_bentoml(
         "int8_files": [f.recipe for f in int8] or None,
         "int8_refused": warning,
         "label_names": info["label_names"],
+        "dataset": registry.config.dataset,
         "max_length": info["encoding"]["max_length"],
         "truncation": info["encoding"]["truncation"],
         "validation_accuracy": registry.metrics.get(SELECTION_METRIC),

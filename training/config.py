@@ -171,10 +171,15 @@ class ExperimentConfig:
     def stage_names(self) -> dict[str, str]:
         """What the later stages call this experiment's model, derived here only (`make` reads them: any dataset's
         config trains, registers, exports and serves under its own names)."""
+        release = self.name == ExperimentConfig.name  # its parity report is committed where the docs link it
         return {
             "MODEL_DIR": str(self.model_dir),
             "MODEL_URI": f"models:/{self.registered_model}@champion",
             "BENTO_MODEL": self.bento_model,
+            "EXPORT_REPORT": f"{self.reports_dir}/export/parity.json"
+            if release
+            else f"{self.reports_dir}/{self.name}/export/parity.json",
+            "IMAGE_TAG": f"{self.registered_model}:latest",
         }
 
     def to_dict(self) -> dict[str, Any]:
