@@ -48,7 +48,8 @@ def test_a_users_csv_with_its_own_columns_trains_exports_and_serves_with_the_def
     monkeypatch.delenv("BENTO_MODEL_TAG", raising=False)  # as in a fresh shell (`make test` exports the release's)
     env = os.environ | stores
     for verb in ("eda", "train", "lexical", "evaluate", "register", "export"):
-        made = subprocess.run(["make", verb, f"CONFIG={config_file}"], cwd=ROOT, env=env, capture_output=True, text=True)
+        command = ["make", verb, f"CONFIG={config_file}"]
+        made = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         assert made.returncode == 0, (verb, made.stdout[-2000:], made.stderr[-3000:])
     assert sorted(p.name for p in user_data.iterdir()) == ["sms.csv"]  # nothing written beside the user's data
     report = yaml.safe_load((tmp_path / "reports" / "sms-spam-tiny" / "export" / "parity.json").read_text())
