@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 CONFIG ?= training/configs/imdb-minilm-lora.yaml
 STUDENT_CONFIG ?= training/configs/imdb-minilm-student.yaml
-# MODEL_DIR, MODEL_URI, BENTO_MODEL, EXPORT_REPORT and IMAGE_TAG follow CONFIG (ExperimentConfig.stage_names)
+# MODEL_DIR, MODEL_URI, BENTO_MODEL, EXPORT_REPORT, IMAGE_TAG and BUILD_DIR follow CONFIG (ExperimentConfig.stage_names)
 $(foreach name,$(shell $(PYTHON) -m training.config $(CONFIG) 2>/dev/null),$(eval $(subst =, ?= ,$(name))))
 export BENTO_MODEL_TAG ?= $(BENTO_MODEL):latest
 PORT ?= 3000
@@ -17,9 +17,10 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 REGISTER = $(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
-EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) report=$(EXPORT_REPORT)
+EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) report=$(EXPORT_REPORT) \
+	work_dir=$(BUILD_DIR)/onnx
 # the parity report of an export that make runs for you (the committed one in reports/export/ is make export's)
-LOCAL_PARITY = build/export/parity.json
+LOCAL_PARITY = $(BUILD_DIR)/export/parity.json
 
 .PHONY: install lock lint eda lexical train distill remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
@@ -83,7 +84,7 @@ export:  ## registry model -> ONNX fp32 + int8 candidates -> parity gate -> Bent
 
 export-challenger:  ## the registry's challenger -> BentoML model $(BENTO_MODEL)-challenger (A/B: docs/MLOPS.md)
 	$(PYTHON) -m export.export model_uri=$(MODEL_URI:@champion=@challenger) bento_model=$(BENTO_MODEL)-challenger \
-		work_dir=build/onnx-challenger report=build/challenger/parity.json $(ARGS)
+		work_dir=$(BUILD_DIR)/onnx-challenger report=$(BUILD_DIR)/challenger/parity.json $(ARGS)
 
 retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champion (test split + held-out new data): promoted and exported, or kept as challenger -> reports/retrain/<id>/
 	$(PYTHON) -m export.retrain new_data=$(NEW_DATA) $(ARGS)

@@ -55,6 +55,7 @@ def test_a_users_csv_with_its_own_columns_trains_exports_and_serves_with_the_def
     report = yaml.safe_load((tmp_path / "reports" / "sms-spam-tiny" / "export" / "parity.json").read_text())
     assert 0 < report["gate_reviews"] < 2000 and "judged" in report["gate_note"]
     assert (tmp_path / "reports" / "eda" / "sms-spam-tiny" / "EDA.md").exists()
+    assert (ROOT / "build" / "sms-spam-tiny" / "onnx").is_dir()  # its own work folder, not the release's
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -180,6 +180,7 @@ class ExperimentConfig:
             if release
             else f"{self.reports_dir}/{self.name}/export/parity.json",
             "IMAGE_TAG": f"{self.registered_model}:latest",
+            "BUILD_DIR": "build" if release else f"build/{self.name}",  # the export's work folder and local report
         }
 
     def to_dict(self) -> dict[str, Any]:

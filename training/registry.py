@@ -175,6 +175,8 @@ def register(
             model, load_tokenizer(config.model.checkpoint), config.registered_model, "A moving, beautifully acted film."
         )
     client = MlflowClient()
+    if config.model.teacher:  # lineage: a student names the model folder it was distilled from
+        tags = (tags or {}) | {"teacher": config.model.teacher}
     for key, value in (tags or {}).items():
         client.set_model_version_tag(config.registered_model, version, key, value)
     validation_set = f"{summary['data_fingerprint']}:{summary['n_validation']}"
