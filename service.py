@@ -49,7 +49,7 @@ app = FastAPI(
     telemetry={"tracing": False, "metrics": False, "logs": False},
 )
 errors.install(app)
-DOOR = Door(SETTINGS.max_loop_lag_ms, SETTINGS.max_concurrency)  # refuses while the worker is behind
+DOOR = Door(SETTINGS.max_loop_lag_ms, SETTINGS.max_concurrency, SETTINGS.queue_interval_ms)  # the worker behind
 app.add_middleware(  # outermost: a request counts as inside once its body is in
     Intake, max_body_bytes=SETTINGS.max_body_bytes, body_timeout_s=SETTINGS.body_timeout_s, door=DOOR
 )

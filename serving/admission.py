@@ -76,19 +76,32 @@ class StandingQueue:
 
 
 class Door:
-    """Whether the worker is behind: checked for every request before its body is parsed."""
+    """Whether the worker is behind: checked for every request before its body is parsed. As for the queue, a lag
+    counts only once every probe for `interval_ms` found it (a stall at start or a burst is not a standing queue)."""
 
-    def __init__(self, max_loop_lag_ms: float, max_concurrency: int):
+    def __init__(self, max_loop_lag_ms: float, max_concurrency: int, interval_ms: float):
         self.max_loop_lag_s, self.max_concurrency = max_loop_lag_ms / 1000, max_concurrency
+        self.interval_s = interval_ms / 1000
         self.loop_lag_s = 0.0  # the latest lag the event loop's probe measured
+        self.lag_since: float | None = None  # when the probes began to find the loop late, and kept finding it
         self.inside = 0
+
+    def lagging(self) -> bool:
+        return self.lag_since is not None and time.monotonic() - self.lag_since >= self.interval_s
 
     def refusal(self) -> str | None:
         if self.inside >= self.max_concurrency:
             return f"over {self.max_concurrency} requests in flight"
-        if self.loop_lag_s > self.max_loop_lag_s:
+        if self.lagging():
             return f"the worker is {1000 * self.loop_lag_s:.0f} ms behind (limit {1000 * self.max_loop_lag_s:.0f} ms)"
         return None
+
+    def probed(self, lag_s: float) -> None:
+        self.loop_lag_s = lag_s
+        if lag_s <= self.max_loop_lag_s:
+            self.lag_since = None
+        elif self.lag_since is None:
+            self.lag_since = time.monotonic()
 
     async def watch_loop(self, histogram: Any) -> None:
         """How late the event loop runs a timer (into `histogram` too): the stall every request here waits out."""
@@ -96,7 +109,7 @@ class Door:
         while True:
             due = loop.time() + LOOP_PROBE_S
             await asyncio.sleep(LOOP_PROBE_S)
-            self.loop_lag_s = max(loop.time() - due, 0.0)
+            self.probed(max(loop.time() - due, 0.0))
             histogram.observe(self.loop_lag_s)
 
     def describe(self) -> dict:

@@ -23,10 +23,14 @@ from serving.batching import dispatch_when_free
 from serving.core.selfcheck import CheckedModel, StoredModel
 from serving.settings import SETTINGS
 from serving.telemetry import SelfCheckGauges
+from serving.versions import student_tag
 
 # The models served, declared once: the API service reads the lexical half and the drift profile from the same ones.
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
 CHALLENGER_MODEL = bentoml.models.BentoModel(SETTINGS.challenger_model_tag) if SETTINGS.challenger_model_tag else None
+# The champion's student (its cascade's middle tier), loaded and self-checked beside it, when its policy names one.
+STUDENT_TAG = student_tag(bentoml.models.get(SETTINGS.bento_model_tag))
+STUDENT_MODEL = bentoml.models.BentoModel(STUDENT_TAG) if STUDENT_TAG else None
 log = logging.getLogger(__name__)
 dispatch_when_free()  # a batch leaves as soon as the classifier is free, without waiting for batch-mates
 
@@ -70,6 +74,7 @@ BATCHED = {
 class OnnxClassifier:
     model = MODEL
     challenger = CHALLENGER_MODEL
+    student = STUDENT_MODEL
 
     def __init__(self) -> None:
         self.gauges = SelfCheckGauges()
@@ -81,6 +86,10 @@ class OnnxClassifier:
         for name, model in served:
             self.serve(name, CheckedModel.reference(model, SETTINGS.workers, SETTINGS.lone_text_spinning))
         models = [model for _, model in served]
+        if self.student:  # asked for by its tag, as any version; no arm of its own
+            student = CheckedModel.reference(self.student, SETTINGS.workers, SETTINGS.lone_text_spinning)
+            self.versions[student.tag] = student
+            models.append(self.student)
         threading.Thread(target=self.check_int8, args=(models,), name="int8-selfcheck", daemon=True).start()
 
     def check_int8(self, models: list[StoredModel]) -> None:

@@ -17,7 +17,6 @@ import aiohttp
 
 from serving.ab import Arm
 from serving.admission import StandingQueue
-from serving.versions import ModelVersion
 
 STATUS_TIMEOUT_S = 2.0
 CONNECTION_RETRIES = 3  # stale pooled connections a call may meet before it reaches the classifier
@@ -27,12 +26,13 @@ class ClassifierClient:
     def __init__(self, client: Callable[[], Any], queue: StandingQueue, deadline_s: float):
         self.client, self.queue, self.deadline_s = client, queue, deadline_s
 
-    async def classify(self, texts: list[str], version: ModelVersion) -> list[list[float]]:
-        """`version`'s class probabilities for `texts`: a fast 503 while a queue stands (admission)."""
+    async def classify(self, texts: list[str], tag: str) -> list[list[float]]:
+        """Class probabilities for `texts` from the store model `tag` (a version, or its student): a fast 503 while a
+        queue stands (admission)."""
         sent = time.time()
-        asks = [{"model": version.tag, "text": text, "sent": sent} for text in texts]  # this version and no other
+        asks = [{"model": tag, "text": text, "sent": sent} for text in texts]  # this model and no other
 
-        async def classify() -> list[dict]:
+        async def classify() -> list[Any]:
             for _ in range(CONNECTION_RETRIES):
                 try:
                     return await self.client().classify(asks)
@@ -45,9 +45,9 @@ class ClassifierClient:
 
         with self.queue.admit():
             answers = await asyncio.wait_for(classify(), self.deadline_s)
-        for answer in answers:
-            self.queue.observe(answer["waited_ms"])
-        return [answer["probabilities"] for answer in answers]
+        for answer in answers:  # classifier.Answer, as BentoML's client reads them
+            self.queue.observe(answer.waited_ms)
+        return [answer.probabilities for answer in answers]
 
     async def status(self) -> dict:
         """The champion's file served and its self-check on this CPU, the batches run, the versions loaded."""

@@ -86,8 +86,9 @@ class Gateway:
     async def _answer(self, texts: list[str], mode: Mode | None, arm: Arm) -> list[Prediction]:
         version = self.versions[arm]  # one version answers the whole request, however long it takes
         policy = self._policy(version, mode)
-        transformer = partial(self.classifier.classify, version=version)  # the texts sent onward, to this version
-        probs, paths = await version.hybrid.classify(texts, policy, transformer)
+        transformer = partial(self.classifier.classify, tag=version.tag)  # the texts sent onward, to this version
+        student = partial(self.classifier.classify, tag=version.student_tag) if version.student_tag else None
+        probs, paths = await version.hybrid.classify(texts, policy, transformer, student)
         return [Prediction.of(p, path, version) for p, path in zip(probs, paths, strict=True)]
 
     def _policy(self, version: ModelVersion, mode: Mode | None) -> HybridPolicy:

@@ -37,7 +37,9 @@ class Intake:
             return await self._refuse(408, message, scope, receive, send)
         if body is None:
             return await self._refuse(413, f"Request body over {self.max_body_bytes} bytes", scope, receive, send)
-        if scope["method"] == "POST" and (refusal := self.door.refusal()):  # the API's work; GETs are cheap
+        if scope["method"] != "POST":  # reads (health, metrics, the UI's streams) are cheap: never counted
+            return await self.app(scope, replay(body, receive), send)
+        if refusal := self.door.refusal():
             return await self._refuse(503, f"{refusal}; retry shortly", scope, receive, send)
         self.door.inside += 1
         try:

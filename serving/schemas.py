@@ -51,7 +51,8 @@ class Prediction(BaseModel):
     score: float = Field(description="Probability of `label`")
     scores: dict[str, float] = Field(description="Probability of every class, summing to 1")
     path: Route = Field(
-        description="What answered: the lexical model alone (confident cascade fast path), the lexical + transformer "
+        description="What answered: the lexical model alone (confident cascade fast path), the lexical + student "
+        "ensemble (the cascade's middle tier, when the served model has a student), the lexical + transformer "
         "ensemble, or the transformer alone"
     )
     model_version: str = Field(description="The registered model (name:version) that answered")

@@ -26,10 +26,11 @@ class ServiceSettings:
     max_batch_size: int = 64
     max_latency_ms: int = 5000
     classify_timeout_s: int = 3  # beyond the batching deadline, how long a call to the classifier may take
-    # Requests at once in the API worker, counted once their body is in (serving/intake.py); a body must arrive
-    # within body_timeout_s (else 408): a client that sends headers and nothing more holds no slot for long.
-    max_concurrency: int = 512
-    max_loop_lag_ms: float = 50.0  # the door refuses while the API worker's event loop runs later than this
+    # POST requests at once in the API worker, counted once their body is in (serving/intake.py); past it the door
+    # answers 503 before any work. A body must arrive within body_timeout_s (else 408): a client that sends headers
+    # and nothing more holds no slot for long.
+    max_concurrency: int = 16
+    max_loop_lag_ms: float = 200.0  # the door also refuses while the event loop stays later than this (a stall)
     body_timeout_s: float = 10.0
     adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
     worker_check_s: float = 1.0  # how often BentoML's supervisor respawns a dead worker (its own default: 10 s)
@@ -39,8 +40,8 @@ class ServiceSettings:
     lone_text_spinning: bool = False
     # The transformer has a standing queue (fast 503 + Retry-After for texts sent onward) when every text it answered
     # for queue_interval_ms waited over queue_target_ms before its batch started (CoDel: serving/admission.py).
-    queue_target_ms: float = 50.0
-    queue_interval_ms: float = 200.0
+    queue_target_ms: float = 30.0
+    queue_interval_ms: float = 100.0
     log_text: bool = False  # raw review text in the request log
     explain_max_evals: int = 64  # SHAP's budget per /explain (each response reports its elapsed_ms)
     max_explain_in_flight: int = 1  # explanations past this get a fast 503 (they never slow /predict's queue)

@@ -3,10 +3,12 @@ and lexical half), so that an answer never mixes two (`gateway.py` swaps a new o
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from serving.ab import Arm
-from serving.core.hybrid import HybridRouter
+from serving.core.hybrid import POLICY_FILE, HybridRouter
 from serving.core.selfcheck import StoredModel
 
 
@@ -22,18 +24,21 @@ class ModelVersion:
     model_version: str
     hybrid: HybridRouter
     gate_reviews: int | None  # how many reviews the export's parity gate judged (older exports: unknown)
+    student_tag: str | None  # the store model of the cascade's student tier, when its policy has one and it is here
 
     @classmethod
     def of(cls, arm: Arm, model: StoredModel, hybrid_mode: str) -> ModelVersion:
         metadata = model.info.metadata
+        student = student_tag(model)
         return cls(
             arm=arm,
             tag=str(model.info.tag),
             path=model.path,
             label_names=metadata["label_names"],
             model_version=f"{metadata['mlflow_model']}:{metadata['mlflow_version']}",
-            hybrid=HybridRouter(model.path, hybrid_mode),
+            hybrid=HybridRouter(model.path, hybrid_mode, with_student=student is not None),
             gate_reviews=metadata.get("gate_reviews"),
+            student_tag=student,
         )
 
 
@@ -42,3 +47,19 @@ def current_tag(tag: str) -> str:
     import bentoml  # here: the schemas import this module, and Spark's executors need no BentoML
 
     return str(bentoml.models.get(tag).tag)
+
+
+def student_tag(model: StoredModel) -> str | None:
+    """The store tag of the student its policy names (`make tiers`), if the policy has a student tier and the store
+    has the student's export; else None (the cascade runs on two tiers)."""
+    import bentoml
+
+    policy = (
+        json.loads((Path(model.path) / POLICY_FILE).read_text()) if (Path(model.path) / POLICY_FILE).exists() else {}
+    )
+    if policy.get("student_threshold") is None:
+        return None
+    try:
+        return str(bentoml.models.get(f"{policy['student']['bento_model']}:latest").tag)
+    except bentoml.exceptions.NotFound:
+        return None

@@ -36,10 +36,18 @@ def test_waits_above_the_target_for_less_than_the_interval_are_a_burst():
         assert not queue.standing()
 
 
-def test_the_door_refuses_a_worker_that_is_behind():
-    door = Door(max_loop_lag_ms=50, max_concurrency=2)
+def test_the_door_refuses_a_worker_that_stays_behind():
+    door = Door(max_loop_lag_ms=50, max_concurrency=2, interval_ms=0)
     assert door.refusal() is None
-    door.loop_lag_s = 0.2
+    door.probed(0.2)
     assert "200 ms behind" in door.refusal()
-    door.loop_lag_s, door.inside = 0.0, 2
+    door.probed(0.01)  # caught up
+    assert door.refusal() is None
+    door.inside = 2
     assert "over 2 requests" in door.refusal()
+
+
+def test_one_late_probe_is_a_stall_not_a_worker_behind():
+    door = Door(max_loop_lag_ms=50, max_concurrency=2, interval_ms=60_000)
+    door.probed(0.5)
+    assert door.refusal() is None

@@ -128,6 +128,10 @@ class HybridConfig:
     char_ngram_max: int = 0
     max_features: int = 100_000
     calibration_share: float = 0.1
+    # A student model folder (`make distill`): `make tiers` puts it between the lexical model and the transformer when
+    # that costs less transformer CPU at the same loss bound; student_cost: its CPU per review, the transformer's = 1
+    student: str | None = None
+    student_cost: float = 0.25
     # The cascade's threshold: the lowest at which the cascade may lose at most `max_cascade_loss` accuracy to the
     # ensemble on validation, at `loss_confidence` (paired bootstrap of the validation reviews, `bootstrap_samples`).
     max_cascade_loss: float = 0.001

@@ -1,9 +1,11 @@
 """The hybrid model: a lexical TF-IDF model beside the transformer, combined as an ensemble or a confidence cascade.
 
 One implementation of the decision, used where the policy is chosen (`training/lexical.py`), scored
-(`training/evaluate.py`) and served (`service.py`): the ensemble averages the two models' log-probabilities with the
-lexical weight `weight`; the cascade lets the lexical model answer alone when its top-two probability margin is at
-least `threshold` and sends every other text to the ensemble.
+(`training/evaluate.py`) and served (`serving/gateway.py`): the ensemble averages the two models' log-probabilities
+with the lexical weight `weight`; the cascade lets the lexical model answer alone when its top-two probability margin
+is at least `threshold` and sends every other text to the ensemble. With a student (a smaller transformer distilled
+from the teacher), the cascade has three tiers: the texts sent onward meet the lexical + student ensemble first, which
+answers those whose margin reaches `student_threshold`; only the rest reach the teacher's ensemble.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +24,7 @@ from serving.core.text import clean_text
 
 LEXICAL_FILE, POLICY_FILE = "lexical.onnx.gz", "hybrid.json"  # gzip: its vocabulary compresses 2.4x
 Mode = Literal["transformer", "ensemble", "cascade"]
-Route = Literal["lexical", "ensemble", "transformer"]
+Route = Literal["lexical", "student", "ensemble", "transformer"]
 # Words as the lexical model sees them, in a regex that Python (scikit-learn) and RE2 (ONNX Runtime) read alike.
 TOKEN_PATTERN = r"[a-z0-9_]{2,}"
 
@@ -62,11 +64,23 @@ def ensemble(lexical: np.ndarray, transformer: np.ndarray, weight: float) -> np.
 
 @dataclass(frozen=True)
 class HybridPolicy:
-    """How the served answer is made: `mode`, the ensemble's lexical `weight` and the cascade's margin `threshold`."""
+    """How the served answer is made: `mode`, the ensemble's lexical `weight` and the cascade's margin `threshold`;
+    with a student, its ensemble's lexical weight and the margin at which that ensemble answers (cascade only)."""
 
     weight: float
     threshold: float
     mode: Mode = "cascade"
+    student_weight: float | None = None
+    student_threshold: float | None = None
+
+    @property
+    def uses_student(self) -> bool:
+        return self.mode == "cascade" and self.student_threshold is not None
+
+    def student_sure(self, lexical: np.ndarray, student: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The lexical + student ensemble's probabilities for texts sent onward, and which of them it answers."""
+        probs = ensemble(lexical, student, self.student_weight or 0.0)
+        return probs, top_two_margin(probs) >= (self.student_threshold or 0.0)
 
     def onward(self, lexical: np.ndarray | None, n_texts: int) -> np.ndarray:
         """Indices of the texts the transformer must see: all of them, except in the cascade where the lexical model
@@ -90,13 +104,43 @@ class HybridPolicy:
                 routes[i] = route
         return probs, routes
 
-    def decide(self, lexical: np.ndarray, transformer: np.ndarray) -> np.ndarray:
-        """Offline: every text's served probabilities, given both models' probabilities for all of them."""
+    def merge_student(
+        self, lexical: np.ndarray, student: np.ndarray, onward: np.ndarray, n_texts: int
+    ) -> tuple[np.ndarray, list[Route], np.ndarray]:
+        """The answers so far, given the student's probabilities for the `onward` texts: those its ensemble is sure
+        of answered (path `student`), and the indices the teacher must still see."""
+        probs, routes = lexical.copy(), ["lexical"] * n_texts
+        answered, sure = self.student_sure(lexical[onward], student)
+        probs[onward[sure]] = answered[sure]
+        for i in onward[sure]:
+            routes[i] = "student"
+        return probs, routes, onward[~sure]  # type: ignore[return-value]
+
+    def decide(self, lexical: np.ndarray, transformer: np.ndarray, student: np.ndarray | None = None) -> np.ndarray:
+        """Offline: every text's served probabilities, given every model's probabilities for all of them."""
+        return self.decide_with_routes(lexical, transformer, student)[0]
+
+    def decide_with_routes(
+        self, lexical: np.ndarray, transformer: np.ndarray, student: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[Route]]:
         onward = self.onward(lexical, len(lexical))
-        return self.merge(lexical, transformer[onward], onward, len(lexical))[0]
+        if not self.uses_student or student is None:
+            return self.merge(lexical, transformer[onward], onward, len(lexical))
+        probs, routes, teacher = self.merge_student(lexical, student[onward], onward, len(lexical))
+        return self.merge_teacher(probs, routes, lexical, transformer[teacher], teacher)
+
+    def merge_teacher(
+        self, probs: np.ndarray, routes: list[Route], lexical: np.ndarray, transformer: np.ndarray, teacher: np.ndarray
+    ) -> tuple[np.ndarray, list[Route]]:
+        """The three-tier answers completed with the teacher's probabilities for the texts the student left it."""
+        served, teacher_routes = self.merge(lexical, transformer, teacher, len(probs))
+        probs[teacher] = served[teacher]
+        for i in teacher:
+            routes[i] = teacher_routes[i]
+        return probs, routes
 
     def with_mode(self, mode: Mode) -> HybridPolicy:
-        return HybridPolicy(self.weight, self.threshold, mode)
+        return replace(self, mode=mode)
 
     def save(self, path: Path, **record) -> None:
         path.write_text(json.dumps(asdict(self) | record, indent=2) + "\n")
@@ -104,7 +148,8 @@ class HybridPolicy:
     @classmethod
     def load(cls, path: str | Path) -> HybridPolicy:
         saved = json.loads(Path(path).read_text())
-        return cls(saved["weight"], saved["threshold"], saved["mode"])
+        student = {key: saved.get(key) for key in ("student_weight", "student_threshold")}
+        return cls(saved["weight"], saved["threshold"], saved["mode"], **student)
 
 
 TRANSFORMER_ONLY = HybridPolicy(weight=0.0, threshold=1.0, mode="transformer")  # an export without the lexical half
@@ -115,11 +160,14 @@ class HybridRouter:
     """The hybrid as the API process runs it: the lexical model answers here, only the texts its policy sends onward
     reach the (batched, out-of-process) transformer, and every answer keeps its input position and its path."""
 
-    def __init__(self, model_dir: str | Path, mode: str = ""):
+    def __init__(self, model_dir: str | Path, mode: str = "", with_student: bool = True):
+        """`with_student=False`: two tiers even when the policy has a student's (its model is not at hand)."""
         model_dir = Path(model_dir)
         has_lexical = (model_dir / LEXICAL_FILE).exists()
         self.lexical = LexicalModel(model_dir / LEXICAL_FILE) if has_lexical else None
         self.policy = HybridPolicy.load(model_dir / POLICY_FILE) if has_lexical else TRANSFORMER_ONLY
+        if not with_student:
+            self.policy = replace(self.policy, student_weight=None, student_threshold=None)
         self.policy = self.policy_for(mode or self.policy.mode)  # type: ignore[arg-type]
 
     def policy_for(self, mode: Mode | None) -> HybridPolicy:
@@ -134,18 +182,34 @@ class HybridRouter:
         return lexical, policy.onward(lexical, len(texts))
 
     async def classify(
-        self, texts: list[str], policy: HybridPolicy, transformer: Transformer
+        self, texts: list[str], policy: HybridPolicy, transformer: Transformer, student: Transformer | None = None
     ) -> tuple[np.ndarray, list[Route]]:
+        """Lexical here; texts sent onward go to the `student` first (three tiers), the rest to the `transformer`."""
         lexical, onward = self.route(texts, policy)
+        if policy.uses_student and student is not None and len(onward):
+            answered = np.array(await student([texts[i] for i in onward]))
+            probs, routes, teacher = policy.merge_student(lexical, answered, onward, len(texts))
+            scores = np.array(await transformer([texts[i] for i in teacher])) if len(teacher) else answered[:0]
+            return policy.merge_teacher(probs, routes, lexical, scores, teacher)
         scores = await transformer([texts[i] for i in onward]) if len(onward) else []
         return policy.merge(lexical, np.array(scores), onward, len(texts))
 
     def classify_in_process(
-        self, texts: list[str], policy: HybridPolicy, transformer: OnnxTextClassifier, progress: str | None = None
+        self,
+        texts: list[str],
+        policy: HybridPolicy,
+        transformer: OnnxTextClassifier,
+        progress: str | None = None,
+        student: OnnxTextClassifier | None = None,
     ) -> tuple[np.ndarray, list[Route]]:
-        """The same decision with the transformer in this process: for explanations and offline (Spark) scoring;
-        with `progress`, the transformer's share under a progress bar of that name."""
+        """The same decision with the transformers in this process: for explanations and offline (Spark) scoring;
+        with `progress`, each transformer's share under a progress bar of that name."""
         lexical, onward = self.route(texts, policy)
+        if policy.uses_student and student is not None and len(onward):
+            answered = student.predict_proba([texts[i] for i in onward], progress and f"{progress} (student)")
+            probs, routes, teacher = policy.merge_student(lexical, answered, onward, len(texts))
+            scores = transformer.predict_proba([texts[i] for i in teacher], progress)
+            return policy.merge_teacher(probs, routes, lexical, scores, teacher)
         onward_probs = transformer.predict_proba([texts[i] for i in onward], progress)
         return policy.merge(lexical, onward_probs, onward, len(texts))
 
