@@ -22,7 +22,7 @@ EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_M
 # the parity report of an export that make runs for you (the committed one in reports/export/ is make export's)
 LOCAL_PARITY = $(BUILD_DIR)/export/parity.json
 
-.PHONY: install lock lint eda lexical train distill remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
+.PHONY: install lock lint eda lexical train distill tiers remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
 	loadtest benchmark overload read-length first-answer soak score ab-traffic ab-report report screenshots mlflow-ui notebook test all
 
@@ -54,6 +54,9 @@ train:  ## fine-tune (CONFIG=..., overrides in ARGS="train.epochs=2 ...", NPROC=
 
 distill:  ## the student: a few of the trained model's layers, trained on its probabilities (STUDENT_CONFIG) -> models/<student>/
 	$(LAUNCH) -m training.train --config $(STUDENT_CONFIG) $(ARGS)
+
+tiers:  ## the student (STUDENT_CONFIG's) as the cascade's middle tier where it saves transformer CPU, on validation -> models/<name>/hybrid.json, frontier.json
+	$(PYTHON) -m training.tiers --model-dir $(MODEL_DIR) hybrid.student=$$($(PYTHON) -m training.config $(STUDENT_CONFIG) | sed -n 's/^MODEL_DIR=//p') $(ARGS)
 
 remote-pack:  ## tokenized splits + fp16 base model -> build/remote/, for a GPU machine without datasets/mlflow
 	$(PYTHON) -m training.remote pack --config $(CONFIG) $(ARGS)
@@ -89,13 +92,15 @@ export-challenger:  ## the registry's challenger -> BentoML model $(BENTO_MODEL)
 retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champion (test split + held-out new data): promoted and exported, or kept as challenger -> reports/retrain/<id>/
 	$(PYTHON) -m export.retrain new_data=$(NEW_DATA) $(ARGS)
 
-model:  ## register and export only what is missing (what test, build and the benchmarks need)
+model:  ## register and export only what is missing (what test, build and the benchmarks need), its cascade's student too
 	$(REGISTER) --if-missing
 	$(EXPORT) --if-missing report=$(LOCAL_PARITY)
+	$(PYTHON) -m export.student --model-dir $(MODEL_DIR)
 
 serve:  ## run the service on :$(PORT); a store without the model gets the fp32 file at once, int8 follows (docs/EXPORT.md)
 	$(REGISTER) --if-missing
 	$(EXPORT) --fp32-first report=$(LOCAL_PARITY)
+	$(PYTHON) -m export.student --model-dir $(MODEL_DIR) --fp32-first
 	.venv/bin/bentoml serve service:SentimentAPI --port $(PORT)
 
 build: model

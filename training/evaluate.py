@@ -8,6 +8,7 @@ the exported ONNX files in the BentoML store the same way (`reports/<name>/serve
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,7 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     from serving.core.runtime import cpu_flags
     from serving.core.selfcheck import SelfCheckLimits, load_classifier
     from serving.schemas import UI_EXAMPLES_FILE
+    from serving.versions import student_tag
     from training.data import load_data
 
     model = bentoml.models.get(bento_model)
@@ -286,9 +288,19 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     if (Path(model.path) / POLICY_FILE).exists():  # every served mode, with this file as its transformer
         policy = HybridPolicy.load(Path(model.path) / POLICY_FILE)
         lexical = LexicalModel(Path(model.path) / LEXICAL_FILE).predict_proba(test["text"])
-        served = policy.decide(lexical, probs)
+        student_probs = None
+        if (tag := student_tag(model)) is not None:  # the cascade's middle tier, as the service runs it
+            stored = bentoml.models.get(tag)
+            student, student_check = load_classifier(stored.path, SelfCheckLimits(**stored.info.metadata["selfcheck"]))
+            student_probs = student.predict_proba(test["text"], progress=f"student {student_check.recipe or 'fp32'}")
+            result["student"] = {"bento_model": tag, "recipe": student_check.recipe or "fp32"}
+        elif policy.uses_student:
+            policy = replace(policy, student_weight=None, student_threshold=None)  # as served without its student
+        served, routes = policy.decide_with_routes(lexical, probs, student_probs)
+        result["tiers"] = {route: routes.count(route) / len(routes) for route in sorted(set(routes))}
         scores = mode_scores(policy, lexical, probs, labels, label_names)
         result["served_mode"] = policy.mode
+        result["served_accuracy"] = float((served.argmax(1) == labels).mean())
         result["modes"] = {
             mode: {key: m[key] for key in ("accuracy", "macro_f1", "transformer_share")} for mode, m in scores.items()
         }
