@@ -24,7 +24,7 @@ LOCAL_PARITY = $(BUILD_DIR)/export/parity.json
 
 .PHONY: install lock lint eda lexical train distill tiers remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
-	loadtest benchmark overload read-length first-answer soak score ab-traffic ab-report report screenshots mlflow-ui notebook test all
+	loadtest benchmark profile overload read-length first-answer soak score ab-traffic ab-report report screenshots mlflow-ui notebook test all
 
 install:  ## .venv from the lock (requirements.txt; torch is the CPU build), then this project; Debian's chromium (UI test) and Java (Spark)
 	python3.11 -m venv .venv
@@ -123,6 +123,9 @@ benchmark: model  ## ONNX ceiling vs service (batching on/off) vs FastAPI+transf
 
 read-length: model  ## the served file reading 256 vs 384 tokens on validation: accuracy, ms/review -> reports/experiments/read-length/
 	$(PYTHON) -m export.read_length bento_model=$(BENTO_MODEL_TAG) $(ARGS)
+
+profile: model  ## py-spy on the API worker under closed-loop clients: its CPU by layer -> reports/benchmark/PROFILE.md
+	$(PYTHON) -m loadtests.profile $(ARGS)
 
 overload: model  ## 64 closed-loop clients at once: admitted vs shed latency, 503 + Retry-After -> reports/overload/
 	$(PYTHON) -m loadtests.overload $(ARGS)

@@ -21,7 +21,7 @@ from serving.core.hybrid import TRANSFORMER_ONLY, HybridPolicy, HybridRouter
 from serving.core.selfcheck import served_runtime
 from serving.core.text import visible_text
 from serving.errors import ApiError
-from serving.versions import ModelVersion
+from serving.versions import ModelVersion, student_runtime
 
 WORDS = r"\W+"  # SHAP's text masker splits on non-word characters: attributions are per word
 
@@ -52,10 +52,13 @@ class Explanation(BaseModel):
 class Explainer:
     """One per API worker; `explain` is blocking (run it in a thread)."""
 
-    def __init__(self, model_dir: str | Path, recipe: str | None, router: HybridRouter, workers: int):
+    def __init__(
+        self, model_dir: str | Path, recipe: str | None, router: HybridRouter, workers: int, student: str | None
+    ):
         import shap  # here, not at the top: seconds of imports that only the API worker's explainer needs
 
         self.transformer = served_runtime(model_dir, recipe, workers)  # the file the classifier chose on this CPU
+        self.student = student_runtime(student, workers) if student else None  # the cascade's middle tier
         self.router = router
         self.label_names = self.transformer.label_names
         self.masker = shap.maskers.Text(WORDS, mask_token="...", collapse_mask_token=True)
@@ -64,7 +67,7 @@ class Explainer:
 
     def decision(self, texts: list[str], policy: HybridPolicy) -> np.ndarray:
         """The served probabilities of `texts` under `policy`, as the service computes them."""
-        return self.router.classify_in_process(texts, policy, self.transformer)[0]
+        return self.router.classify_in_process(texts, policy, self.transformer, student=self.student)[0]
 
     def explain(self, text: str, policy: HybridPolicy, max_evals: int) -> Explanation:
         started = time.perf_counter()
@@ -120,7 +123,7 @@ class Explanations:
 
     def build(self, version: ModelVersion, recipe: str | None) -> Explainer:
         """Blocking (seconds): run it in a thread."""
-        return Explainer(version.path, recipe, version.hybrid, self.workers)
+        return Explainer(version.path, recipe, version.hybrid, self.workers, version.student_tag)
 
     def load_in_background(self, first: Awaitable[tuple[ModelVersion, str | None]]) -> None:
         """The first explainer, for the version and file `first` names once the classifier has chosen its file."""

@@ -63,3 +63,14 @@ def student_tag(model: StoredModel) -> str | None:
         return str(bentoml.models.get(f"{policy['student']['bento_model']}:latest").tag)
     except bentoml.exceptions.NotFound:
         return None
+
+
+def student_runtime(tag: str, workers: int | None = None):
+    """The student `tag` names, in this process, with the file its self-check chooses on this CPU (seconds): for the
+    in-process consumers of the cascade (explanations, scoring, the benchmark's ceiling)."""
+    import bentoml
+
+    from serving.core.selfcheck import SelfCheckLimits, load_classifier
+
+    stored = bentoml.models.get(tag)
+    return load_classifier(stored.path, SelfCheckLimits(**stored.info.metadata["selfcheck"]), workers=workers)[0]
