@@ -60,7 +60,13 @@ def test_each_stage_name_follows_the_config_and_the_release_keeps_its_own():
         "MODEL_DIR": "models/imdb-minilm-lora",
         "MODEL_URI": "models:/imdb-sentiment@champion",
         "BENTO_MODEL": BENTO_MODEL,  # what tests, alerts, dashboards, compose and Kubernetes read
+        "EXPORT_REPORT": "reports/export/parity.json",  # the committed report the docs link
+        "IMAGE_TAG": "imdb-sentiment:latest",
+        "BUILD_DIR": "build",
     }
+    other = load_config(RELEASE_CONFIG, ["name=sms", "registered_model=sms-spam"]).stage_names()
+    assert other["EXPORT_REPORT"] == "reports/sms/export/parity.json" and other["BUILD_DIR"] == "build/sms"
+    assert other["IMAGE_TAG"] == "sms-spam:latest"
     made = subprocess.run(["make", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert f"model_uri={release['MODEL_URI']} bento_model={BENTO_MODEL}" in made
 
