@@ -29,6 +29,7 @@ from training.modeling import PARITY_SAMPLE
 LEXICAL_THRESHOLDS = np.round(np.arange(0, 1.0001, 0.02), 2)
 STUDENT_THRESHOLDS = np.append(np.round(np.arange(0, 1.0001, 0.02), 2), 2.0)  # 2.0: never sure (two tiers)
 FRONTIER_FILE = "frontier.json"
+FRONTIER_LOSSES = (0.001, 0.002, 0.005, 0.01, 0.02)  # accuracy losses to the teacher's ensemble, at the confidence
 
 
 def tier_grid(
@@ -99,14 +100,22 @@ def choose_tiers(
 ) -> tuple[HybridPolicy, dict]:
     """The policy with its tiers chosen on these reviews (unchanged when no pair passes) and the cheapest pair."""
     student_weight = choose_weight(lexical, student, labels)
-    best = cheapest(score_pairs(lexical, student, teacher, labels, policy, student_weight, config), config)
+    pairs = score_pairs(lexical, student, teacher, labels, policy, student_weight, config)
+    best = cheapest(pairs, config)
     if best is None:
         return policy, {}
+    frontier = []  # how the cheapest two- and three-tier cascades trade accuracy for CPU as the bound loosens
+    for max_loss in FRONTIER_LOSSES:
+        loose = replace(config, max_cascade_loss=max_loss)
+        two = cheapest([p for p in pairs if p["student_threshold"] is None], loose)
+        three = cheapest([p for p in pairs if p["student_threshold"] is not None], loose)
+        frontier.append({"max_loss": max_loss, "two_tiers": two, "three_tiers": three})
+    best = best | {"frontier": frontier, "student_weight": student_weight}
     chosen = replace(
         policy,
         mode="cascade",
         threshold=best["threshold"],
-        student_weight=student_weight if best["student_threshold"] is not None else None,
+        student_weight=best["student_weight"] if best["student_threshold"] is not None else None,
         student_threshold=best["student_threshold"],
     )
     return chosen, best
