@@ -22,7 +22,7 @@ EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_M
 # the parity report of an export that make runs for you (the committed one in reports/export/ is make export's)
 LOCAL_PARITY = $(BUILD_DIR)/export/parity.json
 
-.PHONY: install lock lint eda lexical train distill tiers remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
+.PHONY: install lock lint eda lexical train distill tiers frontier remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
 	loadtest benchmark profile overload read-length first-answer soak score ab-traffic ab-report report screenshots mlflow-ui notebook test all
 
@@ -57,6 +57,9 @@ distill:  ## the student: a few of the trained model's layers, trained on its pr
 
 tiers:  ## the student (STUDENT_CONFIG's) as the cascade's middle tier where it saves transformer CPU, on validation -> models/<name>/hybrid.json, frontier.json
 	$(PYTHON) -m training.tiers --model-dir $(MODEL_DIR) hybrid.student=$$($(PYTHON) -m training.config $(STUDENT_CONFIG) | sed -n 's/^MODEL_DIR=//p') $(ARGS)
+
+frontier:  ## the configurations make tiers chose, judged on the test split with the served files -> reports/experiments/tiers/ (needs the student's export: make export CONFIG=$(STUDENT_CONFIG))
+	$(PYTHON) -m training.frontier --model-dir $(MODEL_DIR) $(ARGS)
 
 remote-pack:  ## tokenized splits + fp16 base model -> build/remote/, for a GPU machine without datasets/mlflow
 	$(PYTHON) -m training.remote pack --config $(CONFIG) $(ARGS)

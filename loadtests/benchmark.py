@@ -39,7 +39,7 @@ from serving.core.hybrid import HybridRouter
 from serving.core.runtime import cpu_flags
 from serving.core.selfcheck import SelfCheckLimits, load_classifier
 from serving.settings import SETTINGS
-from serving.versions import student_runtime, student_tag
+from serving.versions import runtime_of, student_tag
 
 OUT = ROOT / "reports" / "benchmark"
 MODES = ["cascade", "ensemble", "transformer"]
@@ -99,7 +99,7 @@ def in_process_ceiling(texts: list[str], labels: np.ndarray, batch_size: int = 3
     batch gets: the ceiling)."""
     model = served_model()
     runtime, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
-    student = student_runtime(tag) if (tag := student_tag(model)) else None  # the cascade's middle tier
+    student = runtime_of(tag) if (tag := student_tag(model)) else None  # the cascade's middle tier
     router = HybridRouter(model.path, with_student=student is not None)
     chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
     runtime.predict_proba(chunks[0])  # warm-up

@@ -21,7 +21,7 @@ from serving.core.hybrid import TRANSFORMER_ONLY, HybridPolicy, HybridRouter
 from serving.core.selfcheck import served_runtime
 from serving.core.text import visible_text
 from serving.errors import ApiError
-from serving.versions import ModelVersion, student_runtime
+from serving.versions import ModelVersion, runtime_of
 
 WORDS = r"\W+"  # SHAP's text masker splits on non-word characters: attributions are per word
 
@@ -58,7 +58,7 @@ class Explainer:
         import shap  # here, not at the top: seconds of imports that only the API worker's explainer needs
 
         self.transformer = served_runtime(model_dir, recipe, workers)  # the file the classifier chose on this CPU
-        self.student = student_runtime(student, workers) if student else None  # the cascade's middle tier
+        self.student = runtime_of(student, workers) if student else None  # the cascade's middle tier
         self.router = router
         self.label_names = self.transformer.label_names
         self.masker = shap.maskers.Text(WORDS, mask_token="...", collapse_mask_token=True)

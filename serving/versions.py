@@ -65,9 +65,9 @@ def student_tag(model: StoredModel) -> str | None:
         return None
 
 
-def student_runtime(tag: str, workers: int | None = None):
-    """The student `tag` names, in this process, with the file its self-check chooses on this CPU (seconds): for the
-    in-process consumers of the cascade (explanations, scoring, the benchmark's ceiling)."""
+def runtime_of(tag: str, workers: int | None = None):
+    """The store model `tag` (a student, say) in this process, with the file its self-check chooses on this CPU
+    (seconds): for the in-process consumers of the cascade (explanations, the benchmark's ceiling, evaluation)."""
     import bentoml
 
     from serving.core.selfcheck import SelfCheckLimits, load_classifier

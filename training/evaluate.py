@@ -269,7 +269,7 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     from serving.core.runtime import cpu_flags
     from serving.core.selfcheck import SelfCheckLimits, load_classifier
     from serving.schemas import UI_EXAMPLES_FILE
-    from serving.versions import student_runtime, student_tag
+    from serving.versions import runtime_of, student_tag
     from training.data import load_data
 
     model = bentoml.models.get(bento_model)
@@ -290,7 +290,7 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
         lexical = LexicalModel(Path(model.path) / LEXICAL_FILE).predict_proba(test["text"])
         student_probs = None
         if (tag := student_tag(model)) is not None:  # the cascade's middle tier, as the service runs it
-            student = student_runtime(tag)
+            student = runtime_of(tag)
             student_probs = student.predict_proba(test["text"], progress=f"student {student.model_file}")
             result["student"] = {"bento_model": tag, "file": student.model_file}
         elif policy.uses_student:
