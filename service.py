@@ -66,7 +66,7 @@ JSON_ONLY = {
 def build_ui() -> FastAPI:
     from serving.ui import ui_app  # imports Gradio: in the API worker only, after start
 
-    return ui_app(app.title, login=KEYS.ui_login if KEYS.enabled else None)
+    return ui_app(app.title, SERVED["label_names"], login=KEYS.ui_login if KEYS.enabled else None)
 
 
 @bentoml.asgi_app(app, path="/")

@@ -118,16 +118,19 @@ def sweep(folder: Path) -> Path:
     return folder
 
 
-def ui_app(title: str, login: Callable[[str, str], bool] | None = None) -> FastAPI:
-    """The web UI as an app of its own, named `title` (the served model's), for the service to mount where it likes
-    (`serving/deferred.py`); behind Gradio's login form when `login` is given (user name, password -> allowed)."""
+def ui_app(title: str, labels: list[str], login: Callable[[str, str], bool] | None = None) -> FastAPI:
+    """The web UI as an app of its own, named `title` (the served model's, of classes `labels`), for the service to
+    mount where it likes (`serving/deferred.py`); behind Gradio's login form when `login` is given (user name,
+    password -> allowed)."""
     message = "API keys are on: any user name, an API key as the password" if login else None
-    app, ui = FastAPI(), build_ui(title)
+    app, ui = FastAPI(), build_ui(title, labels)
     return gr.mount_gradio_app(app, ui, path="/", auth=login, auth_message=message, max_file_size=MAX_UPLOAD)
 
 
-def build_ui(title: str) -> gr.Blocks:
+def build_ui(title: str, labels: list[str]) -> gr.Blocks:
     examples = json.loads(UI_EXAMPLES_FILE.read_text()) if UI_EXAMPLES_FILE.exists() else []
+    if any(example["label"] not in labels for example in examples):  # another model's examples (`make evaluate-served`)
+        examples = []
     with gr.Blocks(title=title, delete_cache=(KEEP_FILES_S // 4, KEEP_FILES_S)) as ui:
         gr.Markdown(f"# {title}\nThe served model: its answer, and the words behind it (SHAP).")
         with gr.Tab("Review"):

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from training.config import DataConfig
+from training.config import DataConfig, ExperimentConfig
 from training.data import DataSourceError, load_data, read_splits
 
 
@@ -28,18 +28,34 @@ def test_ag_news_test_only_copy_is_carved(data_dir):
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
-def test_custom_file_with_string_labels(data_dir, tmp_path, suffix):
+@pytest.mark.parametrize("where", ["absolute file", "relative file", "file under data_dir", "absolute folder"])
+def test_custom_file_with_string_labels(data_dir, tmp_path, monkeypatch, suffix, where):
+    """Any of the three formats, named any of the ways docs/USAGE.md allows; the names the later stages write under
+    come from the experiment, never from the data's path."""
     frame = pd.read_parquet(data_dir / "sms_spam" / "train.parquet").head(400)
     frame = pd.DataFrame({"message": frame.text, "category": frame.label.map({0: "ham", 1: "spam"})})
-    path = tmp_path / f"sms.{suffix}"
+    folder = tmp_path / "my data"
+    folder.mkdir()
+    path = folder / (f"train.{suffix}" if where == "absolute folder" else f"sms.{suffix}")
     {
         "csv": lambda: frame.to_csv(path, index=False),
         "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
         "parquet": lambda: frame.to_parquet(path),
     }[suffix]()
-    data = load_data(DataConfig(name=str(path), text_column="message", label_column="category"))
+    monkeypatch.chdir(tmp_path)
+    name, data_dir_setting = {
+        "absolute file": (str(path), "../shared/data"),
+        "relative file": (f"my data/sms.{suffix}", "../shared/data"),
+        "file under data_dir": (f"sms.{suffix}", str(folder)),
+        "absolute folder": (str(folder), "../shared/data"),
+    }[where]
+    data_config = DataConfig(name=name, data_dir=data_dir_setting, text_column="message", label_column="category")
+    data = load_data(data_config)
     assert data.label_names == ["ham", "spam"]  # inferred, sorted
     assert sum(len(d) for d in data.splits.values()) == 400
+    experiment = ExperimentConfig(name="sms-spam", data=data_config)
+    assert all(not str(value).startswith(str(tmp_path)) for value in experiment.stage_names().values())
+    assert experiment.dataset in ("sms", "my data")
     first = data.splits["train"][0]
     assert set(first) == {"text", "label"} and isinstance(first["text"], str)
 

@@ -68,3 +68,18 @@ def test_a_users_csv_with_its_own_columns_trains_exports_and_serves_with_the_def
         openapi = requests.get(f"{url}/openapi.json").json()["info"]
         assert openapi["title"] == "sms-spam-tiny" and "ham, spam" in openapi["description"]
         assert "movie" not in openapi["description"].lower()
+
+
+def test_every_sample_size_fits_what_the_validation_split_holds():
+    """A few hundred labelled rows leave a validation split of a few dozen: the export still has a search set, a
+    gate, a golden set and timing reviews; the release's 2,500 keep the defaults."""
+    from export.export import ExportConfig, gate_size_note
+
+    for reviews in (30, 446):
+        fitted = ExportConfig().fitted_to(reviews)
+        assert fitted.search_samples >= 1 and fitted.search_samples + fitted.gate_samples == reviews
+        assert 0 < fitted.golden_size <= fitted.gate_samples and fitted.timing_samples <= reviews
+        assert f"judged {fitted.gate_samples} reviews" in gate_size_note(fitted, reviews)
+    release = ExportConfig().fitted_to(2500)
+    assert (release.search_samples, release.gate_samples, release.golden_size) == (500, 2000, 64)
+    assert gate_size_note(release, 2500) is None
