@@ -40,8 +40,8 @@ class ServiceSettings:
     lone_text_spinning: bool = False
     # The transformer has a standing queue (fast 503 + Retry-After for texts sent onward) when every text it answered
     # for queue_interval_ms waited over queue_target_ms before its batch started (CoDel: serving/admission.py).
-    queue_target_ms: float = 30.0
-    queue_interval_ms: float = 100.0
+    queue_target_ms: float = 60.0
+    queue_interval_ms: float = 300.0
     log_text: bool = False  # raw review text in the request log
     explain_max_evals: int = 64  # SHAP's budget per /explain (each response reports its elapsed_ms)
     max_explain_in_flight: int = 1  # explanations past this get a fast 503 (they never slow /predict's queue)
