@@ -24,6 +24,7 @@ from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
 from serving.core.runtime import cpu_flags
 from training.config import command_line
 
+IDLE = "Runner.run "
 # What a frame belongs to, by the file it runs in (first match from the innermost frame outwards)
 LAYERS = {
     "lexical model (ONNX Runtime TF-IDF + LR)": ("core/hybrid.py:predict_proba", "onnxruntime"),
@@ -67,13 +68,15 @@ def summarize(collapsed: str, config: ProfileConfig, answered: dict) -> str:
         threads[frames[0]] += int(count)
         stacks.append((frames, int(count)))
     loop_thread = threads.most_common(1)[0][0]  # the event loop's thread is the busiest
-    on_loop = [(frames[1:], n) for frames, n in stacks if frames[0] == loop_thread]
+    # a sample whose innermost frame is the loop's own run call is uvloop polling for I/O in native code: idle
+    on_loop = [(frames[1:], n) for frames, n in stacks if frames[0] == loop_thread and not frames[-1].startswith(IDLE)]
     total = sum(n for _, n in on_loop)
     layers: Counter[str] = Counter()
     own: Counter[str] = Counter()
     for frames, n in on_loop:
-        layers[layer_of(frames)] += n
-        own[frames[-1].split(" (")[0] + " (" + frames[-1].rsplit("/", 1)[-1]] += n
+        layers[layer_of(frames) if frames else "no Python frame (native code)"] += n
+        if frames:
+            own[frames[-1].split(" (")[0] + " (" + frames[-1].rsplit("/", 1)[-1]] += n
     busy = total / (config.rate * config.seconds)
     rows = "\n".join(f"| {layer} | {n / total:.1%} |" for layer, n in layers.most_common())
     functions = "\n".join(f"| `{name[:90]}` | {n / total:.1%} |" for name, n in own.most_common(15))
