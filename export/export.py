@@ -349,7 +349,7 @@ def import_to_bentoml(
         "parity": {name: {k: v for k, v in r.items() if k != "failures"} for name, r in results.items()},
         "export_cpu": cpu_flags(),
         "selfcheck": asdict(export.selfcheck),
-        "hybrid": asdict(hybrid) if hybrid else None,
+        "hybrid": {key: value for key, value in asdict(hybrid).items() if value is not None} if hybrid else None,
         "gate_reviews": export.gate_samples,
     }
     metadata = {key: value for key, value in metadata.items() if value is not None}  # BentoML refuses None

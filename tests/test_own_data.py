@@ -19,12 +19,14 @@ pytestmark = pytest.mark.timeout(900)
 LABELS = ["ham", "spam"]
 
 
+@pytest.mark.parametrize("rows", [None, 300], ids=["all 5,574 messages", "300 messages"])
 def test_a_users_csv_with_its_own_columns_trains_exports_and_serves_with_the_defaults(
-    tiny_checkpoint, data_dir, tmp_path, monkeypatch
+    tiny_checkpoint, data_dir, tmp_path, monkeypatch, rows
 ):
     user_data = tmp_path / "my data"  # a folder of the user's, with a space in its name
     user_data.mkdir()
     shared = pd.concat(pd.read_parquet(data_dir / "sms_spam" / f"{split}.parquet") for split in ("train", "test"))
+    shared = shared.sample(rows, random_state=0) if rows else shared
     messages = pd.DataFrame({"category": shared.label.map(dict(enumerate(LABELS))), "message": shared.text})
     csv = user_data / "sms.csv"
     messages.to_csv(csv, index=False)
