@@ -28,8 +28,10 @@ def token_lengths(texts: list[str], checkpoint: str) -> np.ndarray:
 
 
 def telling_ngrams(frame: pd.DataFrame, label_names: list[str], k: int = 15) -> dict[str, list[str]]:
-    """Per class, the 1-2 grams with the highest smoothed log-odds against the other classes."""
-    vectorizer = CountVectorizer(ngram_range=(1, 2), min_df=20, stop_words="english", binary=True)
+    """Per class, the 1-2 grams with the highest smoothed log-odds against the other classes (among n-grams in at
+    least 20 texts, or in 0.1% of a small dataset's, at least 2)."""
+    min_df = min(20, max(2, len(frame) // 1000))
+    vectorizer = CountVectorizer(ngram_range=(1, 2), min_df=min_df, stop_words="english", binary=True)
     counts = vectorizer.fit_transform(frame.text.map(clean_text))
     vocab = np.array(vectorizer.get_feature_names_out())
     result = {}

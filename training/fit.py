@@ -179,14 +179,14 @@ def fit(
     train_dataset,
     eval_dataset,
     report_to: list[str],
-    trainer_class: type[Trainer] = Trainer,
+    trainer_class: type[Trainer] | None = None,
     **trainer_options: Any,
 ) -> FitResult:
     """Train (resuming from the last checkpoint in `config.run_dir` if any) and reload the best checkpoint;
     `trainer_class` and `trainer_options`: another loss (a student's)."""
     checkpoint = get_last_checkpoint(str(config.run_dir)) if config.run_dir.exists() else None
     clock = WallClock(spent_before(checkpoint))
-    trainer = trainer_class(
+    trainer = (trainer_class or Trainer)(
         model=model,
         args=training_arguments(config, report_to),
         train_dataset=train_dataset,
