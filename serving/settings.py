@@ -29,7 +29,7 @@ class ServiceSettings:
     # POST requests at once in the API worker, counted once their body is in (serving/intake.py); past it the door
     # answers 503 before any work. A body must arrive within body_timeout_s (else 408): a client that sends headers
     # and nothing more holds no slot for long.
-    max_concurrency: int = 16
+    max_concurrency: int = 12
     max_loop_lag_ms: float = 200.0  # the door also refuses while the event loop stays later than this (a stall)
     body_timeout_s: float = 10.0
     adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
