@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serving.core.hybrid import LEXICAL_FILE, HybridPolicy, LexicalModel, lexical_text, top_two_margin
+from serving.core.hybrid import LEXICAL_FILE, HybridPolicy, HybridRouter, LexicalModel, lexical_text, top_two_margin
 from training.config import DataConfig, HybridConfig
 from training.data import load_data
 from training.lexical import THRESHOLDS, choose_policy, export_lexical, train_lexical
@@ -88,3 +88,46 @@ def test_nbsvm_on_words_and_characters_exports_as_scikit_learn_answers(imdb_slic
     labels = np.array(validation["label"])
     assert (probs.argmax(1) == labels).mean() > 0.8
     assert -np.log(probs[np.arange(len(labels)), labels]).mean() < np.log(2)
+
+
+def test_three_tiers_send_each_text_only_as_far_as_it_must_go(lexical_pair, tmp_path):
+    """Lexical, then the student's ensemble, then the teacher's: each text answered by the first tier sure of it, the
+    same served (async, the transformers out of process) and offline (`decide_with_routes`)."""
+    import asyncio
+    import shutil
+
+    path, _, _ = lexical_pair
+    texts = ["An unwatchable, boring mess. Awful.", "It was fine, I suppose.", "Not bad, not good either."]
+    lexical = LexicalModel(path).predict_proba(texts)
+    margins = top_two_margin(lexical)
+    threshold = float(np.sort(margins)[-1] - 1e-6)  # only the most confident text stays lexical
+    policy = HybridPolicy(0.5, threshold, "cascade", student_weight=0.0, student_threshold=0.5)
+    teacher = {text: [0.1, 0.9] for text in texts}
+    asked: dict[str, list[str]] = {"student": [], "teacher": []}
+
+    def model(name, answers):
+        async def call(batch):
+            asked[name] += batch
+            return [answers[t] for t in batch]
+
+        return call
+
+    shutil.copy(path, tmp_path / LEXICAL_FILE)
+    policy.save(tmp_path / "hybrid.json")
+    router = HybridRouter(tmp_path)
+    first = int(margins.argmax())
+    order = [first] + [i for i in range(3) if i != first]
+    ordered = [texts[i] for i in order]
+    student = {ordered[1]: [0.97, 0.03], ordered[2]: [0.5, 0.5]}
+    probs, routes = asyncio.run(
+        router.classify(ordered, router.policy, model("teacher", teacher), model("student", student))
+    )
+    assert routes == ["lexical", "student", "ensemble"]
+    assert asked == {"student": ordered[1:], "teacher": ordered[2:]}
+    offline_student = np.array([student.get(t, [0.5, 0.5]) for t in ordered])
+    offline, offline_routes = policy.decide_with_routes(
+        LexicalModel(path).predict_proba(ordered), np.array([teacher[t] for t in ordered]), offline_student
+    )
+    np.testing.assert_allclose(offline, probs)
+    assert offline_routes == routes
+    assert HybridRouter(tmp_path, with_student=False).policy.uses_student is False
