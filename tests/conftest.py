@@ -54,7 +54,7 @@ def server():
     """The release model behind `bentoml serve` (needs `make model`), warm (`loadtests.common.ready`), one per test
     module: a server started later (fault drills, the notebook) resets BentoML's shared Prometheus files, and a
     long-lived one loses its metrics. Its request log is `SERVER_LOG`. Admission sheds nothing here (queue and loop
-    limits of a minute): these tests send bursts of transformer requests to check answers and batching; shedding is
+    limits of a minute, 512 inside): these tests send bursts of transformer requests to check answers and batching; shedding is
     drilled on a server of its own (tests/test_faults.py)."""
     from loadtests.common import bentoml_serve, running
 
@@ -65,6 +65,7 @@ def server():
         "BENTOML_HOME": os.environ["BENTOML_HOME"],
         "QUEUE_TARGET_MS": "60000",
         "MAX_LOOP_LAG_MS": "60000",
+        "MAX_CONCURRENCY": "512",
         "PREDICTION_LOG": str(SERVER_LOG),
     }
     with running(bentoml_serve(port), f"{url}/health", env):
