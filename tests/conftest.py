@@ -54,8 +54,8 @@ def server():
     """The release model behind `bentoml serve` (needs `make model`), warm (`loadtests.common.ready`), one per test
     module: a server started later (fault drills, the notebook) resets BentoML's shared Prometheus files, and a
     long-lived one loses its metrics. Its request log is `SERVER_LOG`. Admission sheds nothing here (queue and loop
-    limits of a minute, 512 inside): these tests send bursts of transformer requests to check answers and batching; shedding is
-    drilled on a server of its own (tests/test_faults.py)."""
+    limits of a minute, 512 inside): these tests send bursts of transformer requests to check answers and batching;
+    shedding is drilled on a server of its own (tests/test_faults.py)."""
     from loadtests.common import bentoml_serve, running
 
     port = free_port()
