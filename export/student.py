@@ -10,23 +10,14 @@ its fp32 file is imported at once and its int8 files follow from an export besid
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mlflow import MlflowClient
 
 from export.export import ExportConfig, export_what_is_missing
-from serving.core.hybrid import POLICY_FILE
+from serving.core.hybrid import named_student
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line, load_config
 from training.registry import champion_version, register, setup_tracking
-
-
-def student_of(model_dir: Path) -> Path | None:
-    """The student folder the model's policy puts in its cascade, if any."""
-    policy = json.loads((model_dir / POLICY_FILE).read_text()) if (model_dir / POLICY_FILE).exists() else {}
-    if policy.get("student_threshold") is None:
-        return None
-    return Path(policy["student"]["model_dir"])
 
 
 def main() -> None:
@@ -37,10 +28,11 @@ def main() -> None:
         default=RELEASE_MODEL_DIR,
         flags={"--fp32-first": "an empty store gets the student's fp32 file at once, its int8 files from beside"},
     )
-    student_dir = student_of(args.source)
-    if student_dir is None:
+    student = named_student(args.source)
+    if student is None:
         print(f"{args.source}'s cascade has no student tier")
         return
+    student_dir = Path(student["model_dir"])
     config = load_config(student_dir / "config.yaml")
     setup_tracking(config.dataset)
     if not champion_version(MlflowClient(), config.registered_model):

@@ -26,29 +26,41 @@ from serving import errors
 LOOP_PROBE_S = 0.05  # how often the event loop's lag is measured
 
 
+class Sustained:
+    """Whether every value measured for a whole interval was above a limit (one value at or below resets it)."""
+
+    def __init__(self, limit: float, interval_s: float):
+        self.limit, self.interval_s = limit, interval_s
+        self.since: float | None = None  # when the values went above the limit and stayed there
+
+    def measured(self, value: float) -> None:
+        if value <= self.limit:
+            self.since = None
+        elif self.since is None:
+            self.since = time.monotonic()
+
+    def held(self) -> bool:
+        return self.since is not None and time.monotonic() - self.since >= self.interval_s
+
+
 class StandingQueue:
     """CoDel's test on the waits the classifier reports, with the calls in flight counted."""
 
     def __init__(self, target_ms: float, interval_ms: float):
         self.target_ms, self.interval_s = target_ms, interval_ms / 1000
-        self.above_since: float | None = None  # when the waits went above the target and stayed there
+        self.above = Sustained(target_ms, self.interval_s)
         self.in_flight = 0
         self.last_wait_ms = 0.0
 
     def observe(self, waited_ms: float) -> None:
         """One text's wait before its batch started."""
         self.last_wait_ms = waited_ms
-        if waited_ms <= self.target_ms:
-            self.above_since = None
-        elif self.above_since is None:
-            self.above_since = time.monotonic()
+        self.above.measured(waited_ms)
 
     def standing(self) -> bool:
         """Whether the waits have stayed above the target for a whole interval (never with nothing in flight: then
         the queue is empty)."""
-        if not self.in_flight or self.above_since is None:
-            return False
-        return time.monotonic() - self.above_since >= self.interval_s
+        return self.in_flight > 0 and self.above.held()
 
     @contextmanager
     def admit(self) -> Iterator[None]:
@@ -81,27 +93,20 @@ class Door:
 
     def __init__(self, max_loop_lag_ms: float, max_concurrency: int, interval_ms: float):
         self.max_loop_lag_s, self.max_concurrency = max_loop_lag_ms / 1000, max_concurrency
-        self.interval_s = interval_ms / 1000
         self.loop_lag_s = 0.0  # the latest lag the event loop's probe measured
-        self.lag_since: float | None = None  # when the probes began to find the loop late, and kept finding it
+        self.lagging = Sustained(self.max_loop_lag_s, interval_ms / 1000)
         self.inside = 0
-
-    def lagging(self) -> bool:
-        return self.lag_since is not None and time.monotonic() - self.lag_since >= self.interval_s
 
     def refusal(self) -> str | None:
         if self.inside >= self.max_concurrency:
             return f"over {self.max_concurrency} requests in flight"
-        if self.lagging():
+        if self.lagging.held():
             return f"the worker is {1000 * self.loop_lag_s:.0f} ms behind (limit {1000 * self.max_loop_lag_s:.0f} ms)"
         return None
 
     def probed(self, lag_s: float) -> None:
         self.loop_lag_s = lag_s
-        if lag_s <= self.max_loop_lag_s:
-            self.lag_since = None
-        elif self.lag_since is None:
-            self.lag_since = time.monotonic()
+        self.lagging.measured(lag_s)
 
     async def watch_loop(self, histogram: Any) -> None:
         """How late the event loop runs a timer (into `histogram` too): the stall every request here waits out."""

@@ -3,12 +3,10 @@ and lexical half), so that an answer never mixes two (`gateway.py` swaps a new o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from serving.ab import Arm
-from serving.core.hybrid import POLICY_FILE, HybridRouter
+from serving.core.hybrid import HybridRouter, named_student
 from serving.core.selfcheck import StoredModel
 
 
@@ -54,13 +52,10 @@ def student_tag(model: StoredModel) -> str | None:
     has the student's export; else None (the cascade runs on two tiers)."""
     import bentoml
 
-    policy = (
-        json.loads((Path(model.path) / POLICY_FILE).read_text()) if (Path(model.path) / POLICY_FILE).exists() else {}
-    )
-    if policy.get("student_threshold") is None:
+    if (student := named_student(model.path)) is None:
         return None
     try:
-        return str(bentoml.models.get(f"{policy['student']['bento_model']}:latest").tag)
+        return str(bentoml.models.get(f"{student['bento_model']}:latest").tag)
     except bentoml.exceptions.NotFound:
         return None
 

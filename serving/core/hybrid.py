@@ -152,6 +152,13 @@ class HybridPolicy:
         return cls(saved["weight"], saved["threshold"], saved["mode"], **student)
 
 
+def named_student(model_dir: str | Path) -> dict[str, str] | None:
+    """The student (`model_dir`, `bento_model`) a model's policy puts in its cascade (`make tiers`), if it has one."""
+    path = Path(model_dir) / POLICY_FILE
+    policy = json.loads(path.read_text()) if path.exists() else {}
+    return policy["student"] if policy.get("student_threshold") is not None else None
+
+
 TRANSFORMER_ONLY = HybridPolicy(weight=0.0, threshold=1.0, mode="transformer")  # an export without the lexical half
 Transformer = Callable[[list[str]], Awaitable[list[list[float]]]]  # the batched classifier, texts in, probs out
 
