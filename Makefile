@@ -17,14 +17,16 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 REGISTER = $(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
-EXPORT = $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) report=$(EXPORT_REPORT) \
+# Work that may run beside a serving service yields the CPU to it: a lower priority (nothing lost on an idle machine)
+YIELDING = nice -n 10
+EXPORT = $(YIELDING) $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) report=$(EXPORT_REPORT) \
 	work_dir=$(BUILD_DIR)/onnx
 # the parity report of an export that make runs for you (the committed one in reports/export/ is make export's)
 LOCAL_PARITY = $(BUILD_DIR)/export/parity.json
 
 .PHONY: install lock lint eda lexical train distill tiers frontier remote-pack remote-finish compare evaluate evaluate-served register export export-challenger retrain model serve build \
 	containerize test-container test-compose \
-	loadtest benchmark profile overload read-length first-answer soak score ab-traffic ab-report report screenshots mlflow-ui notebook test all
+	loadtest benchmark profile overload reload-drill beside-drill read-length first-answer soak score ab-traffic ab-report report screenshots mlflow-ui notebook test all
 
 install:  ## .venv from the lock (requirements.txt; torch is the CPU build), then this project; Debian's chromium (UI test) and Java (Spark)
 	python3.11 -m venv .venv
@@ -79,7 +81,7 @@ compare:  ## LoRA r16 all-linear vs LoRA r4 query/value vs full fine-tuning, on 
 evaluate:  ## the only test scorer: rebuild the committed model, score the test split -> reports/<name>/, metrics.json
 	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) $(ARGS)
 
-evaluate-served:  ## the served ONNX file (int8, else fp32) on the test split -> reports/<name>/served.json
+evaluate-served:  ## the served ONNX file (int8, else fp32) on the test split -> reports/<name>/served.json, the UI's reports/ui/examples.json
 	$(PYTHON) -m training.evaluate --model-dir $(MODEL_DIR) --served
 
 register:  ## the only registry writer: committed adapter -> MLflow version, champion/challenger gate
@@ -93,7 +95,7 @@ export-challenger:  ## the registry's challenger -> BentoML model $(BENTO_MODEL)
 		work_dir=$(BUILD_DIR)/onnx-challenger report=$(BUILD_DIR)/challenger/parity.json $(ARGS)
 
 retrain:  ## NEW_DATA=file: a challenger trained on it, gated against the champion (test split + held-out new data): promoted and exported, or kept as challenger -> reports/retrain/<id>/
-	$(PYTHON) -m export.retrain new_data=$(NEW_DATA) $(ARGS)
+	$(YIELDING) $(PYTHON) -m export.retrain new_data=$(NEW_DATA) $(ARGS)
 
 model:  ## register and export only what is missing (what test, build and the benchmarks need), its cascade's student too
 	$(REGISTER) --if-missing
@@ -132,6 +134,12 @@ profile: model  ## py-spy on the API worker under closed-loop clients: its CPU b
 
 overload: model  ## 64 closed-loop clients at once: admitted vs shed latency, 503 + Retry-After -> reports/overload/
 	$(PYTHON) -m loadtests.overload $(ARGS)
+
+reload-drill: model  ## exports swapped in under a mixed load: refusals, slowest answer, memory -> reports/reload/
+	$(PYTHON) -m loadtests.reload $(ARGS)
+
+beside-drill: model  ## a mixed load alone, then beside a niced export, then an un-niced one -> reports/beside/
+	$(PYTHON) -m loadtests.beside $(ARGS)
 
 first-answer:  ## a fresh clone's `make serve` to its first /predict 200, timed -> reports/first-answer/
 	$(PYTHON) -m loadtests.first_answer $(ARGS)

@@ -43,7 +43,7 @@ def at_length(runtime: OnnxTextClassifier, length: int) -> OnnxTextClassifier:
 
 def measure(settings: ReadLengthConfig) -> dict:
     model = bentoml.models.get(settings.bento_model)
-    served, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
+    served, check = load_classifier(model.path, SelfCheckLimits.of(model))
     fp32 = OnnxTextClassifier(model.path, FP32_FILE)
     router = HybridRouter(model.path)
     validation = load_data(load_config(Path(settings.config)).data).splits["validation"]

@@ -32,7 +32,8 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 from mlflow import MlflowClient
 
-from export.export import ExportConfig, download_hybrid, resolve
+from export.convert import download_hybrid, resolve
+from export.export import ExportConfig
 from export.export import run as export_model
 from serving.core.hybrid import LEXICAL_FILE, LexicalModel
 from serving.core.runtime import cpu_flags

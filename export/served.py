@@ -14,7 +14,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from scoring.pyfunc import TEXT_COLUMN, ServedPyfunc
-from serving.core.selfcheck import SelfCheckLimits
+from serving.core.selfcheck import SelfCheckLimits, StoredModel
 from serving.schemas import SAMPLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,15 +27,15 @@ def served_name(transformer_name: str) -> str:
     return transformer_name + SERVED_SUFFIX
 
 
-def register_served(model_dir: str, limits: SelfCheckLimits, name: str, model_version: str, alias: str | None) -> str:
-    """Log and register the served pyfunc of `model_dir`, exported from registry version `name:model_version`;
-    returns its version in `<name>-served`."""
+def register_served(stored: StoredModel, name: str, model_version: str, alias: str | None) -> str:
+    """Log and register the served pyfunc of the store model `stored`, exported from registry version
+    `name:model_version`, with its self-check limits; returns its version in `<name>-served`."""
     example = pd.DataFrame({TEXT_COLUMN: [SAMPLE]})
     with mlflow.start_run(run_name=f"served-{name}-{model_version}"):
         info = mlflow.pyfunc.log_model(
             name="served",
-            python_model=ServedPyfunc(limits, f"{name}:{model_version}"),
-            artifacts={"model": model_dir},
+            python_model=ServedPyfunc(SelfCheckLimits.of(stored), f"{name}:{model_version}"),
+            artifacts={"model": stored.path},
             code_paths=[str(ROOT / "serving"), str(ROOT / "scoring")],
             input_example=example,
             pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],

@@ -3,7 +3,7 @@
 1. in-process, per served mode (cascade, ensemble, transformer): the lexical model and the ONNX file the service
    serves, batches of 32 through the service's runtime, no HTTP (each mode's ceiling), and its accuracy on these
    reviews;
-2. the BentoML service with adaptive batching, in each mode (`?mode=`);
+2. the BentoML service with adaptive batching, in each mode (`mode` in the body);
 3. the same service with batching off (ADAPTIVE_BATCHING=0), transformer alone;
 4. a naive peer: FastAPI + transformers.pipeline, PyTorch fp32, one request at a time;
 5. the API process's own cost per request: one client sending reviews the cascade answers alone (the lexical path),
@@ -38,8 +38,8 @@ from loadtests.common import ROOT, bentoml_serve, running, sample_labelled
 from serving.core.hybrid import HybridRouter
 from serving.core.runtime import cpu_flags
 from serving.core.selfcheck import SelfCheckLimits, load_classifier
+from serving.exports import runtime_of, student_tag
 from serving.settings import SETTINGS
-from serving.versions import runtime_of, student_tag
 
 OUT = ROOT / "reports" / "benchmark"
 MODES = ["cascade", "ensemble", "transformer"]
@@ -49,9 +49,9 @@ TARGET_TIMES_NAIVE = 8.0  # and serves there at least this many times the naive 
 MAX_ERROR_SHARE = 0.001  # a load level holds the target only with fewer failed requests than this share
 
 
-async def closed_loop(url: str, texts: list[str], concurrency: int, seconds: float) -> dict:
-    """`concurrency` clients each sending one review to `url` (the predict endpoint, with its query), waiting for the
-    answer, and sending the next."""
+async def closed_loop(url: str, texts: list[str], concurrency: int, seconds: float, mode: str | None = None) -> dict:
+    """`concurrency` clients each sending one review to `url` (the predict endpoint; the service's `mode`, if given),
+    waiting for the answer, and sending the next."""
     latencies: list[float] = []
     failures = 0
     cycle = itertools.cycle(texts)
@@ -61,7 +61,7 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, seconds: flo
         nonlocal failures
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            async with session.post(url, json={"text": next(cycle)}) as response:
+            async with session.post(url, json={"text": next(cycle)} | ({"mode": mode} if mode else {})) as response:
                 await response.read()
                 if not 200 <= response.status < 300:  # throughput counts answers only, never refusals
                     failures += 1
@@ -84,9 +84,9 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, seconds: flo
     }
 
 
-def sweep(url: str, texts: list[str], levels: list[int], seconds: float) -> list[dict]:
-    asyncio.run(closed_loop(url, texts[:50], 2, 3))  # warm-up
-    return [asyncio.run(closed_loop(url, texts, c, seconds)) for c in levels]
+def sweep(url: str, texts: list[str], levels: list[int], seconds: float, mode: str | None) -> list[dict]:
+    asyncio.run(closed_loop(url, texts[:50], 2, 3, mode))  # warm-up
+    return [asyncio.run(closed_loop(url, texts, c, seconds, mode)) for c in levels]
 
 
 def served_model() -> bentoml.Model:
@@ -98,7 +98,7 @@ def in_process_ceiling(texts: list[str], labels: np.ndarray, batch_size: int = 3
     these reviews: one text per call on all cores, and batches run as parallel single-thread calls (what an adaptive
     batch gets: the ceiling)."""
     model = served_model()
-    runtime, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
+    runtime, check = load_classifier(model.path, SelfCheckLimits.of(model))
     student = runtime_of(tag) if (tag := student_tag(model)) else None  # the cascade's middle tier
     router = HybridRouter(model.path, with_student=student is not None)
     chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
@@ -146,7 +146,7 @@ def deadline_sweep(texts: list[str], deadlines_ms: list[int], concurrency: int, 
     for port, deadline in enumerate(deadlines_ms, start=3310):
         url = f"http://127.0.0.1:{port}"
         with running(bentoml_serve(port), f"{url}/health", {"MAX_LATENCY_MS": str(deadline)}):
-            row = sweep(f"{url}/predict", texts, [concurrency], seconds)[0]
+            row = sweep(f"{url}/predict", texts, [concurrency], seconds, None)[0]
         rows.append({"max_latency_ms": deadline, **row})
         print(rows[-1], flush=True)
     return rows
@@ -205,13 +205,12 @@ def main() -> None:
     for name, (command, url, env, modes) in systems.items():
         with running(command, f"{url}/health", env):
             for mode in modes:
-                endpoint = f"{url}/predict" + (f"?mode={mode}" if mode else "")
                 system = f"{name}-{mode}" if name == "bentoml-batching" else name
-                for row in sweep(endpoint, texts, args.concurrency, args.seconds):
+                for row in sweep(f"{url}/predict", texts, args.concurrency, args.seconds, mode):
                     rows.append({"system": system, **row})
                     print(rows[-1], flush=True)
             if name == "bentoml-batching":
-                http = asyncio.run(closed_loop(f"{url}/predict?mode=cascade", alone, 1, args.seconds))
+                http = asyncio.run(closed_loop(f"{url}/predict", alone, 1, args.seconds, "cascade"))
     overhead = {
         "reviews": len(alone),
         "in_process_lexical_p50_ms": lexical_p50_ms,

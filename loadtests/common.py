@@ -1,11 +1,14 @@
-"""What the load test and the benchmark share: real review samples and a server started as a subprocess."""
+"""What the load tests, drills and the benchmark share: real review samples, a server started as a subprocess, and
+a mixed load of single and batch requests."""
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,3 +75,45 @@ def running(command: list[str], health_url: str, env: dict[str, str] | None = No
 
 def bentoml_serve(port: int) -> list[str]:
     return [sys.executable, "-m", "bentoml", "serve", "service:SentimentAPI", "--port", str(port)]
+
+
+class MixedLoad:
+    """Closed-loop clients: one review to /predict (8 of 9) or 2 to 8 to /predict_batch, then 10 to 50 ms of thought;
+    every answer as (finished at, seconds, status)."""
+
+    def __init__(self, url: str, clients: int):
+        self.url, self.answers, self.stop = url, [], threading.Event()
+        self.reviews = sample_reviews(400, seed=2)
+        self.threads = [threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(clients)]
+
+    def client(self, seed: int) -> None:
+        rng = random.Random(seed)
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                if rng.random() < 1 / 9:
+                    body = {"texts": rng.sample(self.reviews, rng.randint(2, 8))}
+                    status = session.post(f"{self.url}/predict_batch", json=body, timeout=60).status_code
+                else:
+                    status = session.post(f"{self.url}/predict", json={"text": rng.choice(self.reviews)}).status_code
+                self.answers.append((time.perf_counter(), time.perf_counter() - started, status))
+                time.sleep(rng.uniform(0.01, 0.05))
+
+    def between(self, start: float, end: float) -> dict:
+        window = [(seconds, status) for at, seconds, status in self.answers if start <= at < end]
+        return {
+            "answers": len(window),
+            "refused": sum(1 for _, status in window if status != 200),
+            "p95_ms": round(1000 * float(np.percentile([s for s, _ in window], 95)), 1) if window else None,
+            "slowest_ms": round(1000 * max((s for s, _ in window), default=0.0), 1),
+        }
+
+    def __enter__(self) -> MixedLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)

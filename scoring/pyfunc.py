@@ -9,9 +9,11 @@ Loaded from the registry with only `serving/` and `scoring/` (its code paths) an
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
+import yaml
 
 from scoring.executor import ServedModel
 from serving.core.selfcheck import SelfCheckLimits
@@ -32,7 +34,11 @@ class ServedPyfunc(mlflow.pyfunc.PythonModel):
         return {"limits": self.limits, "model_version": self.model_version}
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model = ServedModel(context.artifacts["model"], "", self.limits, os.cpu_count() or 1)
+        """The store model's folder, with its label names from its own metadata (`model.yaml`), as the API reads
+        them."""
+        folder = context.artifacts["model"]
+        label_names = yaml.safe_load((Path(folder) / "model.yaml").read_text())["metadata"]["label_names"]
+        self.model = ServedModel(folder, "", self.limits, label_names, os.cpu_count() or 1)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return self.model.score(model_input[TEXT_COLUMN], self.model_version).reset_index(drop=True)

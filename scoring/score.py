@@ -80,7 +80,7 @@ def run(config: ScoreConfig) -> dict:
     model = bentoml.models.get(config.model)
     metadata = model.info.metadata
     model_version = f"{metadata['mlflow_model']}:{metadata['mlflow_version']}"
-    limits = SelfCheckLimits(**metadata["selfcheck"])
+    limits = SelfCheckLimits.of(model)
     # the file the service would serve on this CPU, chosen once: each executor only re-checks it on its own CPU
     recipe = load_classifier(model.path, limits)[1].recipe or "fp32"
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the executors' Python: this one, unless told theirs
@@ -107,6 +107,7 @@ def run(config: ScoreConfig) -> dict:
                 folder_name=Path(model.path).name,
                 mode=config.mode,
                 limits=limits,
+                label_names=tuple(metadata["label_names"]),
                 recipe=recipe,
                 text_column=config.text_column,
                 model_version=model_version,

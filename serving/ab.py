@@ -47,6 +47,6 @@ class Allocation:
 
     def describe(self) -> dict:
         if not self.has_challenger:
-            return {"mode": "off: champion only"}
+            return {"rollout": "off: champion only"}
         share = 0.0 if self.rollout == "shadow" else self.challenger_share
-        return {"mode": self.rollout, "challenger_share": share}
+        return {"rollout": self.rollout, "challenger_share": share}

@@ -4,7 +4,7 @@ Two questions, asked in two places:
 
 - At the door (`intake.py`), before the body is parsed or the lexical model runs: is this worker behind? Its event
   loop ran a timer more than `max_loop_lag_ms` late (`telemetry.watch_loop` measures it), or `max_concurrency`
-  requests are already inside. Such a refusal costs a few microseconds, so it stays fast however long the queue.
+  requests are already inside. Such a refusal does no work, so it stays fast however long the queue.
 - Before the transformer (`classifier_client.py`): does the classifier have a standing queue? CoDel's rule (Nichols
   and Jacobson, 2012): the classifier reports how long each text waited before its batch started; a queue stands when
   every text answered for a whole `interval_ms` waited more than `target_ms`. A burst (one batch of many texts, several
@@ -61,6 +61,11 @@ class StandingQueue:
         """Whether the waits have stayed above the target for a whole interval (never with nothing in flight: then
         the queue is empty)."""
         return self.in_flight > 0 and self.above.held()
+
+    def building(self) -> bool:
+        """Whether texts in flight are waiting over the target now (a queue that may come to stand): the moment to
+        drop work no user waits for, such as shadow copies, before any user is refused."""
+        return self.in_flight > 0 and self.above.since is not None
 
     @contextmanager
     def admit(self) -> Iterator[None]:
@@ -119,3 +124,36 @@ class Door:
 
     def describe(self) -> dict:
         return {"inside": self.inside, "loop_lag_ms": round(1000 * self.loop_lag_s, 1)}
+
+
+class Streams:
+    """The web UI's connections (Gradio's heartbeats, queue streams, uploads: they may stay open for minutes) have a
+    budget of their own, apart from the API's door, and one client address holds at most `per_client` of them, so a
+    client that opens many costs only itself. Only addresses with connections open are kept."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total, self.per_client = total, per_client
+        self.open: dict[str, int] = {}
+        self.count = 0
+
+    def refusal(self, client: str) -> tuple[int, str] | None:
+        if self.open.get(client, 0) >= self.per_client:
+            return 429, f"this client holds {self.per_client} web UI connections already; close some"
+        if self.count >= self.total:
+            return 503, f"the web UI holds {self.total} connections already; retry shortly"
+        return None
+
+    @contextmanager
+    def held(self, client: str) -> Iterator[None]:
+        self.open[client], self.count = self.open.get(client, 0) + 1, self.count + 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if (left := self.open[client] - 1) > 0:
+                self.open[client] = left
+            else:
+                del self.open[client]
+
+    def describe(self) -> dict:
+        return {"open": self.count, "clients": len(self.open), "total": self.total, "per_client": self.per_client}

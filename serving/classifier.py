@@ -1,9 +1,9 @@
 """The transformer's BentoML service: the ONNX export(s) in one worker, behind BentoML's adaptive batching (which
-sends a batch as soon as the previous one is done: `serving/batching.py`).
+sends a batch as soon as the previous one is done: `serving/compat.py`).
 
 Every text sent to `classify` names the model version (store tag) that must answer it, so an answer never mixes the
 transformer of one export with the lexical half, policy or labels of another: the API side picks one version per
-request (`gateway.py`). The classifier keeps each version asked for loaded until the API retires it after a reload.
+request (`inference.py`). The classifier keeps each version asked for loaded until the API retires it after a reload.
 Each version serves its fp32 file at once and, once the self-check on this CPU has scored and timed its int8 files,
 the one it chose, checked in the background so that start does not wait for it (`selfcheck.CheckedModel`).
 """
@@ -19,11 +19,10 @@ import bentoml
 from pydantic import BaseModel
 
 from serving.ab import CHALLENGER, CHAMPION, Arm
-from serving.batching import dispatch_when_free
 from serving.core.selfcheck import CheckedModel, StoredModel
+from serving.exports import student_tag
 from serving.settings import SETTINGS
 from serving.telemetry import SelfCheckGauges
-from serving.versions import student_tag
 
 # The models served, declared once: the API service reads the lexical half and the drift profile from the same ones.
 MODEL = bentoml.models.BentoModel(SETTINGS.bento_model_tag)
@@ -32,7 +31,6 @@ CHALLENGER_MODEL = bentoml.models.BentoModel(SETTINGS.challenger_model_tag) if S
 STUDENT_TAG = student_tag(bentoml.models.get(SETTINGS.bento_model_tag))
 STUDENT_MODEL = bentoml.models.BentoModel(STUDENT_TAG) if STUDENT_TAG else None
 log = logging.getLogger(__name__)
-dispatch_when_free()  # a batch leaves as soon as the classifier is free, without waiting for batch-mates
 
 
 class Ask(BaseModel):
@@ -50,7 +48,7 @@ class Answer(BaseModel):
     waited_ms: float
 
 
-def load(tag: str) -> CheckedModel:
+def checked_model(tag: str) -> CheckedModel:
     """A store model ready to serve, its int8 file chosen on this CPU (seconds: the self-check runs)."""
     return CheckedModel.load(bentoml.models.get(tag), SETTINGS.workers, SETTINGS.lone_text_spinning)
 
@@ -121,8 +119,8 @@ class OnnxClassifier:
         if (loaded := self.versions.get(tag)) is None:
             with self.loading:
                 if (loaded := self.versions.get(tag)) is None:
-                    log.warning("loading %s on demand: a request names it and this worker had not loaded it", tag)
-                    loaded = self.versions[tag] = load(tag)
+                    log.warning("loading %s: a reload or a request names it and this worker had not loaded it", tag)
+                    loaded = self.versions[tag] = checked_model(tag)
         return loaded
 
     @bentoml.api(**BATCHED)
@@ -144,9 +142,14 @@ class OnnxClassifier:
         ]
 
     @bentoml.api
-    def reload(self, arm: str, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
-        """Load the store's model `tag` (self-checked) beside the versions loaded, and serve it as `arm`."""
-        self.serve(arm, load(tag))  # type: ignore[arg-type]
+    def load(self, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
+        """The store's model `tag` loaded (and self-checked) beside the exports loaded; no arm serves it yet."""
+        return self.version(tag).describe()
+
+    @bentoml.api
+    async def switch(self, arm: str, tag: str) -> dict:
+        """The loaded export `tag` served as `arm` from now on (what status and the gauges report)."""
+        self.serve(arm, self.versions[tag])  # type: ignore[arg-type]
         return self.versions[tag].describe()
 
     @bentoml.api

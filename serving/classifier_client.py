@@ -2,15 +2,14 @@
 while the classifier has a standing queue (`admission.StandingQueue`, fed the waits it reports), comes back within
 the deadline, and survives a stale pooled connection.
 
-`client()` returns BentoML's async client of `OnnxClassifier` (`classifier.py`); nothing else in the API worker
-talks to it.
+`client` is BentoML's async client of `OnnxClassifier` (`classifier.py`, a `bentoml.depends` of the API service);
+nothing else in the API worker talks to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -23,7 +22,7 @@ CONNECTION_RETRIES = 3  # stale pooled connections a call may meet before it rea
 
 
 class ClassifierClient:
-    def __init__(self, client: Callable[[], Any], queue: StandingQueue, deadline_s: float):
+    def __init__(self, client: Any, queue: StandingQueue, deadline_s: float):
         self.client, self.queue, self.deadline_s = client, queue, deadline_s
 
     async def classify(self, texts: list[str], tag: str) -> list[list[float]]:
@@ -35,13 +34,13 @@ class ClassifierClient:
         async def classify() -> list[Any]:
             for _ in range(CONNECTION_RETRIES):
                 try:
-                    return await self.client().classify(asks)
+                    return await self.client.classify(asks)
                 except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
                     # A pooled connection the classifier had closed (its server drops idle keep-alive connections
-                    # after 5 s, the client keeps them 15 s, and a pool can hold several; BentoML exposes neither),
+                    # sooner than the client drops them, and a pool can hold several; BentoML exposes neither setting),
                     # or a restarting worker: `classify` is pure, send it again (within the deadline).
                     pass
-            return await self.client().classify(asks)
+            return await self.client.classify(asks)
 
         with self.queue.admit():
             answers = await asyncio.wait_for(classify(), self.deadline_s)
@@ -51,12 +50,16 @@ class ClassifierClient:
 
     async def status(self) -> dict:
         """The champion's file served and its self-check on this CPU, the batches run, the versions loaded."""
-        return await asyncio.wait_for(self.client().status(), STATUS_TIMEOUT_S)
+        return await asyncio.wait_for(self.client.status(), STATUS_TIMEOUT_S)
 
-    async def reload(self, arm: Arm, tag: str) -> dict:
-        """The store's model `tag` loaded and self-checked beside the others, served as `arm`: its self-check."""
-        return await self.client().reload(arm=arm, tag=tag)
+    async def load(self, tag: str) -> dict:
+        """The store's model `tag` loaded and self-checked beside the others, not served yet: its self-check."""
+        return await self.client.load(tag=tag)
+
+    async def switch(self, arm: Arm, tag: str) -> None:
+        """The loaded model `tag` served as `arm`."""
+        await self.client.switch(arm=arm, tag=tag)
 
     async def retire(self, tag: str) -> None:
         """Version `tag` unloaded: no request names it any more."""
-        await self.client().retire(tag=tag)
+        await self.client.retire(tag=tag)

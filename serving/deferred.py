@@ -1,7 +1,7 @@
 """An ASGI app mounted at start and built afterwards, in the background.
 
-The web UI is a Gradio app, and importing Gradio alone takes ~4 s on 2 cores: the API would be ready that much later
-if it were built before the worker starts. Mounted as a `DeferredApp`, /ui answers 503 with Retry-After (the API's
+The web UI is a Gradio app, and importing Gradio alone takes seconds: the API would be ready that much later if it
+were built before the worker starts. Mounted as a `DeferredApp`, /ui answers 503 with Retry-After (the API's
 error shape) until it is built, and `state` says where it stands (in /health).
 """
 

@@ -1,21 +1,25 @@
-"""One JSON error shape for every failure of the public API, declared in the OpenAPI document as it is sent."""
+"""One JSON error shape for every failure of the public API, declared in the OpenAPI document as it is sent.
+
+BentoML answers an exception raised in an API with bodies of its own (a generic message for 5xx, a list for 4xx), so
+the APIs answer theirs here (`in_error_shape`), the front door (`intake.py`) answers what it refuses before the API
+runs, and `Faults` answers any other bug below it. `documented` adds these answers to BentoML's OpenAPI document.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import aiohttp
 from bentoml.exceptions import ServiceUnavailable
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 RETRY_AFTER_S = 1
@@ -40,22 +44,22 @@ class ErrorBody(BaseModel):
 class ApiError(Exception):
     """An error answered as `ErrorBody` with `status` (and Retry-After on 429/503, WWW-Authenticate on 401)."""
 
-    def __init__(self, status: int, error: str):
-        self.status, self.error = status, error
+    def __init__(self, status: int, error: str, detail: list[dict] | None = None):
+        self.status, self.error, self.detail = status, error, detail
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.error, self.detail)
 
 
-def _described(description: str) -> dict:
-    return {"model": ErrorBody, "description": description}
-
-
-UNAUTHORIZED = {401: _described("No API key, or not one of the service's (only when API keys are on)")}
-ERROR_RESPONSES: dict[int | str, dict] = {
-    400: _described("Malformed JSON or undecodable bytes"),
-    413: _described("Request body larger than the limit"),
-    415: _described("Content-Type is not application/json"),
-    422: _described("JSON that breaks the request schema (types, lengths, blank texts, batch size)"),
-    500: _described("A fault in the service (a bug): not worth a retry; logged with its traceback and request id"),
-    503: _described("Overloaded or the model is not ready: retry after the Retry-After header's seconds"),
+UNAUTHORIZED = {401: "No API key, or not one of the service's (only when API keys are on)"}
+ERROR_RESPONSES = {
+    400: "Malformed JSON or undecodable bytes",
+    408: "The request body did not arrive within the body deadline",
+    413: "Request body larger than the limit",
+    415: "Content-Type is not application/json",
+    422: "JSON that breaks the request schema (types, lengths, blank texts, batch size, a mode the model lacks)",
+    500: "A fault in the service (a bug): not worth a retry; logged with its traceback and request id",
+    503: "Overloaded or the model is not ready: retry after the Retry-After header's seconds",
 }
 
 
@@ -68,12 +72,12 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def request_id(request: Request) -> str:
+def request_id(scope: Scope) -> str:
     """The client's `x-request-id` if it is a plain id (letters, digits, `._:-`, at most 128), else a fresh one; the
     same for the whole request (kept in its scope), so that an error names the id the request log would have."""
-    state = request.scope.setdefault("state", {})
+    state = scope.setdefault("state", {})
     if "request_id" not in state:
-        sent = request.headers.get("x-request-id", "")
+        sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         state["request_id"] = sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
     return state["request_id"]
 
@@ -87,40 +91,66 @@ def classifier_call(what: str = "the classifier") -> Iterator[None]:
         raise ApiError(503, f"{what} is unavailable ({type(error).__name__}); retry shortly") from error
 
 
-async def require_json(request: Request) -> None:
-    """415 for anything but a JSON body (multipart, form, text...), before the body is read (async: FastAPI runs a
-    plain function in a thread)."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise ApiError(415, f"Content-Type must be application/json, not {media_type or 'missing'!r}")
+def in_error_shape(api: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A BentoML API whose `ApiError`s, and bugs, are answered as `ErrorBody` with their status (BentoML sends a
+    returned response as it is, with the status its context holds). It must take `ctx: bentoml.Context`."""
+
+    @functools.wraps(api)
+    async def answered(*args: Any, ctx: Any, **kwargs: Any) -> Any:
+        try:
+            return await api(*args, ctx=ctx, **kwargs)
+        except ApiError as error:
+            response = error.response()
+        except Exception as error:
+            response = bug_response(error, ctx.request.scope)
+        ctx.response.status_code = response.status_code
+        return response
+
+    return answered
 
 
-def install(app: FastAPI) -> None:
-    """Turn every error FastAPI or the handlers raise into `ErrorBody`, with the statuses the OpenAPI declares."""
+def bug_response(error: Exception, scope: Scope) -> JSONResponse:
+    """A bug's answer, quoting the request id it is logged under (once, with its traceback)."""
+    reference = request_id(scope)
+    log.error("internal error on %s %s (request %s)", scope["method"], scope["path"], reference, exc_info=error)
+    message = f"internal error ({type(error).__name__}); quote request id {reference}"
+    return error_response(500, message)
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.error)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        if any(e["type"] in ("json_invalid", "value_error.jsondecode") for e in errors):
-            return error_response(400, "The body is not valid JSON")
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
-        return error_response(422, f"{len(detail)} validation error(s) in the request", detail)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)  # 405 keeps its Allow
-
-    app.add_middleware(Faults)
+def documented(spec: dict, guarded: list[str]) -> dict:
+    """BentoML's OpenAPI document with the answers these APIs really give: every error status in `ErrorBody`'s
+    shape, and for the `guarded` routes (API keys on) the bearer scheme and its 401."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorBody, ErrorDetail):
+        schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas[model.__name__].pop("$defs", None)
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for route, item in spec["paths"].items():
+        if "post" not in item or "x-bentoml-name" not in item["post"]:
+            continue
+        statuses = ERROR_RESPONSES | (UNAUTHORIZED if route in guarded else {})
+        answered = item["post"]["responses"]
+        item["post"]["responses"] = {"200": answered.get(200, answered.get("200"))} | {
+            str(status): {"description": description, "content": error} for status, description in statuses.items()
+        }
+        if route in guarded:
+            item["post"]["security"] = [{"bearer": []}]
+        item["post"]["requestBody"]["required"] = bool(
+            item["post"]["requestBody"]["content"]["application/json"]["schema"].get("required")
+        )
+    health = spec["paths"]["/health"]["post"]  # also read with GET (probes, browsers)
+    spec["paths"]["/health"]["get"] = {key: value for key, value in health.items() if key != "requestBody"} | {
+        "operationId": f"{health['operationId']}_get"
+    }
+    if guarded:
+        schemes = spec["components"].setdefault("securitySchemes", {})
+        schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "An API key (`API_KEYS`)"}
+    return spec
 
 
 class Faults:
-    """A bug anywhere below becomes a 500 in the `ErrorBody` shape, logged once with its traceback and the request's
-    id (Starlette would answer plain text). Plain ASGI: `@app.middleware("http")` would wrap every request and
-    response in extra tasks and streams (a measurable share of a lexical answer's time)."""
+    """A bug below the APIs (the front door, the web UI) becomes a 500 in the `ErrorBody` shape, logged once with its
+    traceback and the request's id. Plain ASGI, as the front door: no extra task or stream per request."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -140,7 +170,6 @@ class Faults:
         except Exception as error:
             if started:  # part of an answer is out: nothing better to send than a broken connection
                 raise
-            reference = request_id(Request(scope))
-            log.exception("internal error on %s %s (request %s)", scope["method"], scope["path"], reference)
-            message = f"internal error ({type(error).__name__}); quote request id {reference}"
-            await error_response(500, message, headers={"x-request-id": reference})(scope, receive, send)
+            response = bug_response(error, scope)
+            response.headers["x-request-id"] = request_id(scope)  # the front door, which adds it, is below
+            await response(scope, receive, send)

@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from serving.core.hybrid import TRANSFORMER_ONLY, HybridPolicy, HybridRouter
+from serving.core.hybrid import TRANSFORMER_ONLY, HybridPolicy
 from serving.core.selfcheck import served_runtime
 from serving.core.text import visible_text
 from serving.errors import ApiError
-from serving.versions import ModelVersion, runtime_of
+from serving.exports import ServedExport, runtime_of
 
 WORDS = r"\W+"  # SHAP's text masker splits on non-word characters: attributions are per word
 
@@ -52,15 +51,13 @@ class Explanation(BaseModel):
 class Explainer:
     """One per API worker; `explain` is blocking (run it in a thread)."""
 
-    def __init__(
-        self, model_dir: str | Path, recipe: str | None, router: HybridRouter, workers: int, student: str | None
-    ):
+    def __init__(self, export: ServedExport, recipe: str | None, workers: int):
         import shap  # here, not at the top: seconds of imports that only the API worker's explainer needs
 
-        self.transformer = served_runtime(model_dir, recipe, workers)  # the file the classifier chose on this CPU
-        self.student = runtime_of(student, workers) if student else None  # the cascade's middle tier
-        self.router = router
-        self.label_names = self.transformer.label_names
+        self.transformer = served_runtime(export.directory, recipe, workers)  # the file the classifier chose here
+        self.student = runtime_of(export.student_tag, workers) if export.student_tag else None  # the middle tier
+        self.router = export.hybrid
+        self.label_names = export.label_names  # the store's: the labels every answer of the API names
         self.masker = shap.maskers.Text(WORDS, mask_token="...", collapse_mask_token=True)
         self.partition = shap.explainers.Partition
         self.explain("Warm up.", TRANSFORMER_ONLY, max_evals=8)  # SHAP's numba kernels compile on first use
@@ -121,16 +118,16 @@ class Explanations:
         self.explaining = 0
         self.explainer: asyncio.Future[Explainer] | None = None  # until `load_in_background`
 
-    def build(self, version: ModelVersion, recipe: str | None) -> Explainer:
+    def build(self, export: ServedExport, recipe: str | None) -> Explainer:
         """Blocking (seconds): run it in a thread."""
-        return Explainer(version.path, recipe, version.hybrid, self.workers, version.student_tag)
+        return Explainer(export, recipe, self.workers)
 
-    def load_in_background(self, first: Awaitable[tuple[ModelVersion, str | None]]) -> None:
-        """The first explainer, for the version and file `first` names once the classifier has chosen its file."""
+    def load_in_background(self, first: Awaitable[tuple[ServedExport, str | None]]) -> None:
+        """The first explainer, for the export and file `first` names once the classifier has chosen its file."""
 
         async def load() -> Explainer:
-            version, recipe = await first
-            return await asyncio.to_thread(self.build, version, recipe)
+            export, recipe = await first
+            return await asyncio.to_thread(self.build, export, recipe)
 
         self.explainer = asyncio.ensure_future(load())
 

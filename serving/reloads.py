@@ -1,63 +1,105 @@
-"""New model versions while serving: the store is asked every `model_poll_s` what the served tags name now
-(`name:latest` moves when `make retrain` promotes a champion), and a new version is loaded whole beside the old one,
-off the event loop, then swapped in one step, so that every answer comes from one version and says which.
+"""New exports while serving: the store is asked every `model_poll_s` what the served tags name now (`name:latest`
+moves when `make retrain` promotes a champion, or a rollback moves it back), and a new export is swapped in whole, in
+two phases, so that every answer comes from one export and says which:
 
-Loaded before the swap: the classifier's ONNX files and their self-check on this CPU, the lexical model, policy,
-labels and registry version, and for the champion its drift profile and explainer (the old explainer answers until
-then). The classifier keeps the old version until every request that could still name it is past its deadline.
+1. Built beside the old one, off the event loop: the API side whole (lexical model, policy, labels, registry version,
+   and for the champion its drift profile), then the classifier's files, loaded and self-checked (a verdict already
+   reached on this CPU is kept, not measured again), then for the champion its explainer.
+2. Switched in one step: the classifier's arm, then the inference core's export (`Inference.use`).
+
+Any failure before the switch leaves the old export serving whole; `/health` names the export that failed and why,
+and it is tried again after a delay that doubles each time. The classifier keeps the old export until every request
+that could still name it is past its deadline, then retires it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import bentoml
 
 from serving.ab import CHAMPION, Arm
-from serving.classifier_client import ClassifierClient
 from serving.explain import Explanations
-from serving.telemetry import RequestTelemetry
-from serving.versions import ModelVersion, current_tag
+from serving.exports import ServedExport, current_tag
+from serving.inference import Inference
 
 log = logging.getLogger("sentiment.service")
+MAX_BACKOFF_S = 600.0
 
 
 class Reloads:
-    def __init__(
-        self,
-        versions: dict[Arm, ModelVersion],
-        classifier: ClassifierClient,
-        telemetry: RequestTelemetry,
-        explanations: Explanations,
-        hybrid_mode: str,
-    ):
-        self.versions, self.classifier, self.hybrid_mode = versions, classifier, hybrid_mode
-        self.telemetry, self.explanations = telemetry, explanations
+    def __init__(self, core: Inference, explanations: Explanations, hybrid_mode: str):
+        self.core, self.explanations, self.hybrid_mode = core, explanations, hybrid_mode
+        self.classifier, self.telemetry = core.classifier, core.telemetry
+        self.failed: dict[Arm, dict] = {}  # per arm, its latest failed export (one entry each: bounded)
 
     async def watch(self, wanted: dict[Arm, str], every_s: float) -> None:
-        """Forever: each arm's version follows the store tag `wanted` names for it."""
+        """Forever: each arm's export follows the store tag `wanted` names for it."""
         while True:
             await asyncio.sleep(every_s)
-            for arm, version in list(self.versions.items()):
+            for arm, export in self.core.exports.items():
                 try:
                     tag = await asyncio.to_thread(current_tag, wanted[arm])
-                    if tag != version.tag:
-                        await self.reload(arm, tag)
                 except Exception as error:
-                    log.warning("could not reload the %s from %s: %r", arm, wanted[arm], error)
+                    log.warning("could not ask the store what %s names: %r", wanted[arm], error)
+                    continue
+                if tag == export.tag:
+                    self.failed.pop(arm, None)  # the store names the served export again (a rollback)
+                    continue
+                if not self.due(arm, tag):
+                    continue
+                try:
+                    await self.reload(arm, tag)
+                    self.failed.pop(arm, None)
+                except Exception as error:
+                    self.fail(arm, tag, error, every_s)
+
+    def due(self, arm: Arm, tag: str) -> bool:
+        failed = self.failed.get(arm)
+        return failed is None or failed["tag"] != tag or time.monotonic() >= failed["retry_at"]
+
+    def fail(self, arm: Arm, tag: str, error: Exception, every_s: float) -> None:
+        earlier = self.failed.get(arm, {})
+        tries = earlier.get("tries", 0) + 1 if earlier.get("tag") == tag else 1
+        delay = min(every_s * 2**tries, MAX_BACKOFF_S)
+        if tries == 1:  # once per export, not once per try
+            log.warning("the %s stays %s: %s failed to load (%r)", arm, self.core.exports[arm].tag, tag, error)
+        self.failed[arm] = {
+            "tag": tag,
+            "error": repr(error)[:300],
+            "tries": tries,
+            "retry_at": time.monotonic() + delay,
+        }
 
     async def reload(self, arm: Arm, tag: str) -> None:
-        old = self.versions[arm]
-        checked = await self.classifier.reload(arm, tag)
+        old = self.core.exports[arm]
         model = await asyncio.to_thread(bentoml.models.get, tag)
-        version = await asyncio.to_thread(ModelVersion.of, arm, model, self.hybrid_mode)
-        if arm == CHAMPION:
-            profile = await asyncio.to_thread(self.telemetry.profile_of, model.path)
-            explainer = await asyncio.to_thread(self.explanations.build, version, checked["recipe"])
-            self.telemetry.use_profile(profile)  # from here to the swap: no await, one step for every request
+        export = await asyncio.to_thread(ServedExport.of, arm, model, self.hybrid_mode)
+        profile = await asyncio.to_thread(self.telemetry.profile_of, model.path) if arm == CHAMPION else None
+        try:
+            checked = await self.classifier.load(tag)
+            explainer = None
+            if arm == CHAMPION:
+                explainer = await asyncio.to_thread(self.explanations.build, export, checked["recipe"])
+        except Exception:
+            await self.classifier.retire(tag)  # loaded beside the old one, never served
+            raise
+        await self.classifier.switch(arm, tag)
+        if profile is not None and explainer is not None:  # from here to the swap: no await, one step
+            self.telemetry.use_profile(profile)
             self.explanations.use(explainer)
-        self.versions[arm] = version
-        log.warning("the %s is now %s (%s)", arm, tag, version.model_version)
-        await asyncio.sleep(self.classifier.deadline_s)  # the requests that chose the old version are answered
+        self.core.use(export)
+        log.warning("the %s is now %s (%s)", arm, tag, export.registry_version)
+        await asyncio.sleep(self.classifier.deadline_s)  # the requests that chose the old export are answered
         await self.classifier.retire(old.tag)
+
+    def describe(self) -> dict:
+        """Per arm whose latest export failed to load: which, why, the tries, and when it is tried again."""
+        now = time.monotonic()
+        return {
+            arm: {key: failed[key] for key in ("tag", "error", "tries")}
+            | {"retry_in_s": round(max(failed["retry_at"] - now, 0), 1)}
+            for arm, failed in self.failed.items()
+        }

@@ -2,47 +2,52 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.ab import Arm
 from serving.core.hybrid import Mode, Route
+from serving.core.text import VISIBLE
+from serving.exports import ServedExport
 from serving.settings import SETTINGS
-from serving.versions import ModelVersion
 
 SAMPLE = "A moving, beautifully acted film: I loved every minute of it."  # Swagger's sample input
-UI_EXAMPLES_FILE = Path(__file__).with_name("examples.json")  # the web UI's: real test reviews (make evaluate-served)
 
-# Non-blank = at least one character that is not ASCII whitespace: the same rule in JSON Schema, Python and pydantic.
+# Non-blank = at least one visible character (`core.text.VISIBLE`): the same rule in JSON Schema, Python and pydantic.
 Text = Annotated[
-    str, Field(min_length=1, max_length=SETTINGS.max_text_chars, pattern=r"[^ \t\n\r\f\v]", description="A review")
+    str,
+    Field(min_length=1, max_length=SETTINGS.max_text_chars, pattern=VISIBLE, description="A review: visible text"),
 ]
 
 
-ModeQuery = Annotated[
-    Mode | None,
-    Query(
-        description="Who answers: `cascade` (the lexical model alone when it is confident, else the ensemble), "
-        "`ensemble` (lexical + transformer for every text) or `transformer` (alone). Default: the service's mode "
-        "(`/health` says which), chosen on validation at export"
-    ),
-]
+ModeField = Field(
+    None,
+    description="Who answers: `cascade` (the lexical model alone when it is confident, else the ensemble), "
+    "`ensemble` (lexical + transformer for every text) or `transformer` (alone). Default: the service's mode "
+    "(`/health` says which), chosen on validation at export",
+)
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": SAMPLE}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"text": SAMPLE}})
     text: Text
+    mode: Mode = ModeField  # absent: the default mode (null is refused, as the OpenAPI document says)
 
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"texts": [SAMPLE, "Dull, predictable and far too long."]}]}
+        extra="forbid", json_schema_extra={"example": {"texts": [SAMPLE, "Dull, predictable and far too long."]}}
     )
     texts: list[Text] = Field(min_length=1, max_length=SETTINGS.max_batch_texts)
+    mode: Mode = ModeField
+
+
+class HealthRequest(BaseModel):
+    """`/health` takes nothing (BentoML's clients send `{}`; a GET is the same call)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Prediction(BaseModel):
@@ -59,16 +64,16 @@ class Prediction(BaseModel):
     variant: Arm = Field(description="The A/B variant that answered (`champion` unless a challenger is served)")
 
     @classmethod
-    def of(cls, probabilities: np.ndarray, path: Route, version: ModelVersion) -> Prediction:
-        best, label_names = int(probabilities.argmax()), version.label_names
+    def of(cls, probabilities: np.ndarray, path: Route, export: ServedExport) -> Prediction:
+        best, label_names = int(probabilities.argmax()), export.label_names
         return cls(
             label=label_names[best],
             label_id=best,
             score=float(probabilities[best]),
             scores=dict(zip(label_names, probabilities.tolist(), strict=True)),
             path=path,
-            model_version=version.model_version,
-            variant=version.arm,
+            model_version=export.registry_version,
+            variant=export.arm,
         )
 
 

@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 BENTO_MODEL = "imdb-sentiment-onnx"  # the release's model in the BentoML store: the one place it is named
 PARSERS = {"str": str, "int": int, "float": float, "bool": lambda raw: raw.strip().lower() in ("1", "true", "yes")}
+
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def available_cpus(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may use: its affinity, capped by its cgroup's CPU quota (v2 `cpu.max`, "quota period"
+    or "max period"; v1 `cpu/cpu.cfs_quota_us` and `cpu.cfs_period_us`), as a container under a CPU limit has; at
+    least one. A node's core count would oversubscribe a pod limited to fewer."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        if (cgroup / "cpu.max").exists():
+            quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        else:
+            quota, period = (
+                (cgroup / "cpu" / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+            )
+    except (OSError, ValueError):
+        return max(cpus, 1)
+    if quota in ("max", "-1"):
+        return max(cpus, 1)
+    return max(min(cpus, math.ceil(int(quota) / int(period))), 1)
 
 
 @dataclass(frozen=True)
@@ -31,10 +55,16 @@ class ServiceSettings:
     # and nothing more holds no slot for long.
     max_concurrency: int = 12
     max_loop_lag_ms: float = 200.0  # the door also refuses while the event loop stays later than this (a stall)
+    # The web UI's long-lived connections (serving/admission.py: Streams), apart from the API's: in all, and per client
+    # address (the socket's, or behind a proxy the first address of client_address_header, e.g. x-forwarded-for).
+    ui_max_connections: int = 256
+    ui_max_per_client: int = 32
+    client_address_header: str = ""
+    ui_max_rows: int = 20_000  # rows of a web UI upload (more: `make score`, Spark)
     body_timeout_s: float = 10.0
     adaptive_batching: bool = True  # False: one call per request (the benchmark's comparison only)
     worker_check_s: float = 1.0  # how often BentoML's supervisor respawns a dead worker (its own default: 10 s)
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ONNX Runtime threads
+    workers: int = field(default_factory=lambda: available_cpus())  # ONNX Runtime threads: the CPUs this may use
     # whether the threads of a review that reaches the classifier alone wait spinning for the next run: slightly faster
     # alone, but they keep every core busy after each run, against the API process and the other reviews
     lone_text_spinning: bool = False
@@ -58,6 +88,7 @@ class ServiceSettings:
     # Optional API keys (serving/access.py): off while both are empty. The keys, comma-separated, or a file of them.
     api_keys: str = field(default="", repr=False)
     api_keys_file: str = ""
+    metrics_need_key: bool = False  # with API keys on, /metrics wants one too (Prometheus: `authorization` in its job)
 
     @property
     def max_body_bytes(self) -> int:

@@ -1,6 +1,7 @@
 """The shadow rollout of A/B testing: a copy of each request goes to the challenger, answered in the background and
-only logged and measured, never returned; past `max_in_flight` pending copies one is skipped (and counted), so the
-copies never slow the answers."""
+only logged and measured, never returned. Copies have a budget of their own and are dropped first: past
+`max_in_flight` pending copies, or as soon as the transformer's texts start to queue (before any user is refused), a
+copy is skipped and counted (`sentiment_ab_shadow_skipped_total`), so the copies never take a user's place."""
 
 from __future__ import annotations
 
@@ -8,24 +9,25 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from serving.ab import CHALLENGER, Arm
+from serving.ab import CHALLENGER
 from serving.core.hybrid import Mode
-from serving.schemas import Prediction
 from serving.telemetry import RequestRecord, RequestTelemetry
 
+if TYPE_CHECKING:
+    from serving.inference import Inference
+
 log = logging.getLogger("sentiment.service")
-Answer = Callable[[list[str], Mode | None, Arm], Awaitable[list[Prediction]]]
 
 
 class Shadows:
-    def __init__(self, answer: Answer, telemetry: RequestTelemetry, max_in_flight: int):
-        self.answer, self.telemetry, self.max_in_flight = answer, telemetry, max_in_flight
+    def __init__(self, core: Inference, telemetry: RequestTelemetry, max_in_flight: int):
+        self.core, self.telemetry, self.max_in_flight = core, telemetry, max_in_flight
         self.pending: set[asyncio.Task] = set()  # held here: the loop keeps only weak references to tasks
 
     def send(self, record: RequestRecord, texts: list[str], mode: Mode | None) -> None:
-        if len(self.pending) >= self.max_in_flight:
+        if len(self.pending) >= self.max_in_flight or self.core.classifier.queue.building():
             self.telemetry.shadow_skipped.inc()
             return
         task = asyncio.create_task(self._answer(record, texts, mode))
@@ -35,6 +37,6 @@ class Shadows:
     async def _answer(self, record: RequestRecord, texts: list[str], mode: Mode | None) -> None:
         shadow = dataclasses.replace(record, arm=CHALLENGER, shadow=True, started=time.perf_counter())
         try:
-            self.telemetry.record(shadow, texts, await self.answer(texts, mode, CHALLENGER))
+            self.telemetry.record(shadow, texts, await self.core.predict(texts, CHALLENGER, mode))
         except Exception as error:
             log.warning("shadow copy of %s failed: %r", record.request_id, error)

@@ -104,7 +104,8 @@ class RequestTelemetry:
             buckets=FEATURES["confidence"].edges,
         )
         self.shadow_skipped = bentoml.metrics.Counter(
-            name="sentiment_ab_shadow_skipped", documentation="Shadow copies skipped: too many already in flight"
+            name="sentiment_ab_shadow_skipped",
+            documentation="Shadow copies skipped: too many in flight, or the transformer queueing",
         )
         self.routed = bentoml.metrics.Counter(
             name="sentiment_routed",
@@ -225,7 +226,9 @@ class SelfCheckGauges:
             documentation="The served int8 file vs fp32: argmax agreement on the golden set, measured on this CPU",
         )
         self.served = bentoml.metrics.Gauge(
-            name="sentiment_served_variant", documentation="1 for the variant served", labelnames=["variant"]
+            name="sentiment_served_variant",
+            documentation="1 for the precision of the file served (int8 or fp32)",
+            labelnames=["precision"],
         )
         self.served_file = bentoml.metrics.Gauge(
             name="sentiment_served_file",
@@ -245,8 +248,8 @@ class SelfCheckGauges:
 
     def publish(self, check: SelfCheck) -> None:
         self.agreement.set(check.agreement if check.agreement is not None else -1)
-        for kind in ("int8", "fp32"):  # the older gauge's label `variant` names the kind of file
-            self.served.labels(variant=kind).set(int(kind == check.served))
+        for precision in ("int8", "fp32"):  # the older gauge: int8 or fp32, whatever the recipe
+            self.served.labels(precision=precision).set(int(precision == check.served))
         served = check.recipe or "fp32"
         for file, measured in ({"fp32": {}} | check.files).items():
             self.served_file.labels(file=file).set(int(file == served))

@@ -6,6 +6,7 @@ Gradio's default theme ships its fonts, so the page loads nothing from outside t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -26,9 +27,11 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from serving.ab import CHAMPION
+from serving.core import UI_EXAMPLES_FILE
 from serving.errors import ApiError
 from serving.explain import Explanation
-from serving.schemas import UI_EXAMPLES_FILE, BatchRequest, PredictRequest
+from serving.inference import Caller
+from serving.schemas import BatchRequest, PredictRequest
 from serving.settings import SETTINGS
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -68,10 +71,11 @@ def reason(error: ErrorDetails, first_row: int) -> str:
 
 async def explain_review(text: str, request: gr.Request):
     """The answer as `/predict` gives it (the browser session is the A/B key), and the champion's explanation."""
-    gateway, review = bentoml.get_current_service().gateway, validated(PredictRequest, text=text).text
+    service, review = bentoml.get_current_service(), validated(PredictRequest, text=text).text
     try:
-        (prediction,) = await gateway.answer([review], None, uuid.uuid4().hex, request.session_hash, "/ui/review")
-        explanation = await gateway.explain_text(review)
+        caller = Caller(uuid.uuid4().hex, request.session_hash, "/ui/review")
+        (prediction,) = await service.core.answer([review], None, caller)
+        explanation = await service.explained(review, None)
     except ApiError as error:  # the API's own 4xx/503 reasons, shown in the page
         raise gr.Error(error.error) from error
     note = f"{prediction.model_version} ({prediction.variant}, {prediction.path}); words: {explanation.method}"
@@ -82,30 +86,43 @@ async def explain_review(text: str, request: gr.Request):
     return prediction.scores, highlighted(explanation), f"{note}; {explanation.elapsed_ms:.0f} ms"
 
 
+def read_upload(path: str) -> pd.DataFrame:
+    """The uploaded file's rows (in a worker thread: parsing a large file would hold the event loop)."""
+    # fastparquet: pyarrow would make the image far larger for this one call
+    return pd.read_parquet(path, engine="fastparquet") if path.endswith(".parquet") else pd.read_csv(path)
+
+
+def append_rows(out: Path, rows: pd.DataFrame) -> None:
+    rows.to_csv(out, mode="a", header=not out.exists(), index=False)
+
+
 async def predict_file(path: str | None, request: gr.Request) -> str:
+    """The file's rows answered as `/predict_batch` calls would, a chunk at a time, each chunk's rows written out as
+    it is answered (nothing held but the file read): the event loop is free between chunks, so the API's requests
+    are answered while a large file of confident reviews (the lexical model's, in this process) goes through."""
     if path is None or Path(path).suffix.lower() not in UPLOAD_TYPES:
         raise gr.Error("Upload a .csv or .parquet file with a 'text' column")
-    # fastparquet: pyarrow would add ~150 MB to the image for this one call
-    frame = pd.read_parquet(path, engine="fastparquet") if path.endswith(".parquet") else pd.read_csv(path)
+    frame = await asyncio.to_thread(read_upload, path)
     if TEXT_COLUMN not in frame:
         raise gr.Error(f"the file has no {TEXT_COLUMN!r} column (it has {list(frame.columns)})")
-    gateway, texts = bentoml.get_current_service().gateway, frame[TEXT_COLUMN].fillna("").astype(str).tolist()
-    predictions, upload_id = [], uuid.uuid4().hex
+    if len(frame) > SETTINGS.ui_max_rows:
+        raise gr.Error(f"the file has {len(frame)} rows; the web UI takes {SETTINGS.ui_max_rows} (more: make score)")
+    core, texts = bentoml.get_current_service().core, frame[TEXT_COLUMN].fillna("").astype(str).tolist()
+    out, upload_id = Path(tempfile.mkdtemp(dir=sweep(OUTPUTS))) / f"{Path(path).stem}-predictions.csv", uuid.uuid4().hex
     try:
-        for start in range(0, len(texts), chunk_size := SETTINGS.max_batch_texts):  # as /predict_batch calls would
+        for start in range(0, len(texts), chunk_size := SETTINGS.max_batch_texts):
             chunk = validated(BatchRequest, first_row=start, texts=texts[start : start + chunk_size]).texts
-            request_id = f"{upload_id}-{start // chunk_size}"
-            predictions += await gateway.answer(chunk, None, request_id, request.session_hash, "/ui/batch")
+            caller = Caller(f"{upload_id}-{start // chunk_size}", request.session_hash, "/ui/batch")
+            predictions = await core.answer(chunk, None, caller)
+            rows = frame.iloc[start : start + chunk_size].assign(
+                label=[p.label for p in predictions],
+                score=[p.score for p in predictions],
+                path=[p.path for p in predictions],
+                model_version=[p.model_version for p in predictions],
+            )
+            await asyncio.to_thread(append_rows, out, rows)  # also yields: requests waiting meanwhile are answered
     except ApiError as error:
         raise gr.Error(error.error) from error
-    frame = frame.assign(
-        label=[p.label for p in predictions],
-        score=[p.score for p in predictions],
-        path=[p.path for p in predictions],
-        model_version=[p.model_version for p in predictions],
-    )
-    out = Path(tempfile.mkdtemp(dir=sweep(OUTPUTS))) / f"{Path(path).stem}-predictions.csv"
-    frame.to_csv(out, index=False)
     return str(out)
 
 
@@ -150,7 +167,10 @@ def build_ui(title: str, labels: list[str]) -> gr.Blocks:
                 )
             submit.click(explain_review, inputs=review, outputs=[scores, words, note], api_name=False)
         with gr.Tab("Batch file"):
-            upload = gr.File(label="CSV or Parquet with a 'text' column", file_types=list(UPLOAD_TYPES))
+            upload = gr.File(
+                label=f"CSV or Parquet with a 'text' column, up to {SETTINGS.ui_max_rows:,} rows",
+                file_types=list(UPLOAD_TYPES),
+            )
             run = gr.Button("Predict", elem_id="predict-file")
             result = gr.File(label="Predictions (CSV)")
             run.click(predict_file, inputs=upload, outputs=result, api_name=False)

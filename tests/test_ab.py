@@ -126,7 +126,7 @@ def test_a_sticky_split_answers_each_user_with_one_variant_and_the_report_compar
     texts, labels_file = reviews
     url, log = split_server
     health = requests.get(f"{url}/health").json()
-    assert health["ab"] == {"mode": "split", "challenger_share": 0.5, "challenger": "tiny-sentiment:2"}
+    assert health["ab"] == {"rollout": "split", "challenger_share": 0.5, "challenger": "tiny-sentiment:2"}
     answers = []
     for i, text in enumerate(texts):
         user = f"user-{i % 20}"  # 20 users, 3 reviews each
@@ -224,3 +224,43 @@ def loop_stalls(url: str) -> dict[str, float]:
     buckets = dict(re.findall(bucket_line, metrics, re.M))
     total = float(buckets["+Inf"])
     return {le: total - float(count) for le, count in buckets.items() if le in ("0.05", "0.1")}
+
+
+def test_a_broken_export_leaves_the_served_one_whole(split_server, store):
+    """A broken export under the champion's tag (its lexical half unreadable) while requests come: no error, every
+    answer from the export served before, `/health` names the one that failed and why, and it is tried again later
+    (less often each time); once the store's tag names the served export again, the warning goes."""
+    url, _ = split_server
+    served = requests.get(f"{url}/health").json()
+    script = (
+        "import bentoml, shutil, sys\n"
+        "good = bentoml.models.get('tiny-onnx:latest')\n"
+        "with bentoml.models.create('tiny-onnx', metadata=good.info.metadata) as broken:\n"
+        "    shutil.copytree(good.path, broken.path, dirs_exist_ok=True)\n"
+        "    open(broken.path_of('lexical.onnx.gz'), 'wb').write(b'not a model')\n"
+        "print(broken.tag)"
+    )
+    made = subprocess.run([sys.executable, "-c", script], env=store["env"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]
+    broken = made.stdout.strip().splitlines()[-1]
+    answers, deadline = [], time.time() + 60
+    try:
+        while time.time() < deadline:
+            answer = requests.post(f"{url}/predict", json={"text": "A fine film."}, headers={"x-user-id": "u"})
+            answers.append((answer.status_code, answer.json().get("model_version")))
+            health = requests.get(f"{url}/health").json()
+            if health["reload"].get("champion", {}).get("tries", 0) >= 2:
+                break
+            time.sleep(0.2)
+        assert health["model"] == served["model"] and health["version"] == served["version"]
+        failed = health["reload"]["champion"]
+        assert failed["tag"] == broken and failed["error"] and failed["retry_in_s"] > 0
+        assert broken in health["warning"]
+        assert {status for status, _ in answers} == {200}
+        assert {version for _, version in answers} <= {served["version"], served["ab"].get("challenger")}
+    finally:
+        remove = f"import bentoml; bentoml.models.delete({broken!r})"
+        subprocess.run([sys.executable, "-c", remove], env=store["env"], check=True)
+    time.sleep(3)
+    health = requests.get(f"{url}/health").json()
+    assert health["model"] == served["model"] and health["reload"] == {} and broken not in (health["warning"] or "")

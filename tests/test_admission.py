@@ -51,3 +51,36 @@ def test_one_late_probe_is_a_stall_not_a_worker_behind():
     door = Door(max_loop_lag_ms=50, max_concurrency=2, interval_ms=60_000)
     door.probed(0.5)
     assert door.refusal() is None
+
+
+def test_shadow_copies_are_dropped_as_soon_as_texts_queue_before_any_user_is_refused():
+    """While the transformer's texts wait over the target (not yet for a whole interval: no user is refused), a shadow
+    copy is skipped and counted; once the queue drains, copies go again."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serving.shadow import Shadows
+    from serving.telemetry import RequestRecord
+
+    queue, skipped, answered = StandingQueue(target_ms=50, interval_ms=60_000), [], []
+
+    async def predict(texts, arm, mode):
+        answered.append(arm)
+        return []
+
+    core = SimpleNamespace(classifier=SimpleNamespace(queue=queue), predict=predict)
+    telemetry = SimpleNamespace(shadow_skipped=SimpleNamespace(inc=lambda: skipped.append(1)), record=lambda *a: None)
+    record = RequestRecord("r1", "/predict", "user", "champion", 0.0)
+
+    async def copies() -> None:
+        shadows = Shadows(core, telemetry, max_in_flight=8)
+        with queue.admit():
+            queue.observe(120)  # texts queue: the queue is building, not standing
+            assert queue.building() and not queue.standing()
+            shadows.send(record, ["A review."], None)
+        queue.observe(5)
+        shadows.send(record, ["A review."], None)
+        await asyncio.gather(*shadows.pending)
+
+    asyncio.run(copies())
+    assert skipped == [1] and answered == ["challenger"]

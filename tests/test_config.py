@@ -33,6 +33,9 @@ COMMANDS = {
     "training.registry": "registered_model",
     "export.export": "min_agreement",
     "export.retrain": "max_class_regression",
+    "export.beside": "min_agreement",
+    "loadtests.reload": "swaps",
+    "loadtests.beside": "seconds",
     "reporting.ab": "alpha",
     "loadtests.ab_traffic": "users",
 }

@@ -1,5 +1,6 @@
-"""The built image, run for real: health, predictions, explanations, the web UI, a validation error, non-root user,
-read-only root filesystem, size, start time.
+"""The built image, run as the Kubernetes manifest runs it (its numeric user, a read-only root with its volumes as
+the only writable paths, its CPU limit): health, predictions, explanations, the web UI, a validation error, size,
+start time, and the peak memory under a mixed load and `/explain`, which the manifest's limit must stay above.
 
 Run with `make test-container` (builds the image first); not part of `make test`, which has no engine in CI.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from loadtests import common
 from serving.core.runtime import cpu_flags
@@ -34,11 +36,23 @@ def engine(*args: str) -> str:
     return subprocess.run([*ENGINE, *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def pod() -> tuple[dict, dict]:
+    """The Deployment's pod spec and its container, as deploy/kubernetes/imdb-sentiment.yaml ships them."""
+    manifest = yaml.safe_load_all((ROOT / "deploy/kubernetes/imdb-sentiment.yaml").read_text())
+    (spec,) = [d["spec"]["template"]["spec"] for d in manifest if d["kind"] == "Deployment"]
+    return spec, spec["containers"][0]
+
+
 @pytest.fixture(scope="module")
 def container():
+    spec, shipped = pod()
+    user = f"{spec['securityContext']['runAsUser']}:{spec['securityContext']['runAsGroup']}"
+    writable = [arg for mount in shipped["volumeMounts"] for arg in ("--tmpfs", mount["mountPath"])]
     started = time.perf_counter()
-    # read-only root filesystem: only /tmp (prometheus' multiprocess files, BentoML's sockets) is writable
-    container_id = engine("run", "-d", "--read-only", "--tmpfs", "/tmp", "-p", f"127.0.0.1:{PORT}:3000", IMAGE)
+    container_id = engine(
+        "run", "-d", "--read-only", *writable, "--user", user, "--cpus", shipped["resources"]["limits"]["cpu"],
+        "-p", f"127.0.0.1:{PORT}:3000", IMAGE,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{PORT}"
     try:
         ready_s = wait_until(lambda health: health.status_code == 200, f"{url}/health", started, container_id)
@@ -69,7 +83,7 @@ def test_image_carries_only_the_serving_code(container):
         "service.py",
         "requirements-serve.txt",
         *(str(p.relative_to(ROOT)) for p in (ROOT / "serving").glob("**/*.py")),
-        "serving/examples.json",
+        "reports/ui/examples.json",
     }
 
 
@@ -84,6 +98,31 @@ def contents(container_id: str, size_mb: float) -> dict:
     return packages | {"models_mb": round(models_mb, 1), "base_mb": round(base_mb, 1), "rest_mb": round(rest_mb, 1)}
 
 
+CPUS = "from serving.settings import SETTINGS; print(SETTINGS.workers)"  # the threads the service chose
+
+
+def mixed_load(url: str, seconds: float = 30, clients: int = 4) -> None:
+    """Real reviews as single and batch requests from a few clients, and explanations beside them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reviews = common.sample_reviews(400)
+    deadline = time.monotonic() + seconds
+
+    def client(n: int) -> None:
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                n += 1
+                if n % 9 == 0:
+                    session.post(f"{url}/predict_batch", json={"texts": reviews[n % 390 : n % 390 + 8]}, timeout=60)
+                elif n % 25 == 0:
+                    session.post(f"{url}/explain", json={"text": reviews[n % 400]}, timeout=60)
+                else:
+                    session.post(f"{url}/predict", json={"text": reviews[n % 400]}, timeout=60)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+
+
 def test_container_serves_and_reports(container):
     url = container["url"]
     health = requests.get(f"{url}/health").json()
@@ -93,7 +132,13 @@ def test_container_serves_and_reports(container):
     assert [p["label"] for p in batch["predictions"]] == ["neg", "pos"]
     assert requests.post(f"{url}/predict", json={"text": ""}).status_code == 422
     assert health["selfcheck"]["served"] in ("int8", "fp32")  # int8 re-checked on this CPU inside the container
+    spec, shipped = pod()
+    image_user = engine("run", "--rm", "--entrypoint", "id", IMAGE)  # the image's own user, as the kubelet sees it
+    assert f"uid={spec['securityContext']['runAsUser']}(" in image_user, image_user
+    assert f"gid={spec['securityContext']['runAsGroup']}(" in image_user, image_user
     assert engine("exec", container["id"], "id", "-u") != "0"  # non-root
+    threads = int(engine("exec", container["id"], "python", "-c", CPUS))
+    assert threads <= int(float(shipped["resources"]["limits"]["cpu"]))  # the CPU limit, not the host's cores
     assert engine("exec", container["id"], "sh", "-c", "touch /home/bentoml/x 2>&1 || echo read-only").endswith(
         "read-only"
     )
@@ -107,6 +152,9 @@ def test_container_serves_and_reports(container):
         "badly",
         "acted",
     ]
+    mixed_load(url)
+    peak = "cat /sys/fs/cgroup/memory.peak 2>/dev/null || cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes"  # v2, v1
+    peak_mb = int(engine("exec", container["id"], "sh", "-c", peak)) / 2**20
     size_mb = int(engine("image", "inspect", IMAGE, "--format", "{{.Size}}")) / 1e6
     out = ROOT / "reports" / "container"
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +174,7 @@ def test_container_serves_and_reports(container):
         "cpu": cpu_flags(),  # start time depends on it
         "model_version": health["version"],
         "served": health["selfcheck"]["served"],
+        "peak_memory_mb": round(peak_mb, 1),  # after a mixed load and /explain: the manifest's limit stays above
         "contents": contents(container["id"], size_mb),
     }
     (out / "container.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -30,3 +30,39 @@ def test_relative_links_resolve(doc):
         if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in anchors(linked)):
             broken.append(target)
     assert not broken, broken
+
+
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+FOLDERS = ["training", "export", "serving/core", "serving", "scoring", "reporting", "loadtests"]
+MODULE = re.compile(r"\b(\w+\.py)\b")
+
+
+def modules(folder: str) -> set[str]:
+    return {path.name for path in (ROOT / folder).glob("*.py") if path.name != "__init__.py"}
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_the_architecture_table_names_each_module_of_a_folder(folder):
+    """The folder table's row names every module the folder has, and no other."""
+    (row,) = [line for line in ARCHITECTURE.read_text().splitlines() if line.startswith(f"| `{folder}/` |")]
+    assert set(MODULE.findall(row.split(" | ")[1])) == modules(folder)
+
+
+@pytest.mark.parametrize("folder", [folder for folder in FOLDERS if "/" not in folder])
+def test_the_layout_at_a_glance_names_each_module_of_a_folder(folder):
+    """Its entry for the folder (continuation lines included; `serving/` with its core) names the folder's modules."""
+    layout = ARCHITECTURE.read_text().split("## Layout at a glance", 1)[1].split("```")[1]
+    (entry,) = re.findall(rf"^{folder}/ .*?(?=^\S)", layout, re.S | re.M)
+    expected = modules(folder) | (modules("serving/core") if folder == "serving" else set())
+    assert set(MODULE.findall(entry)) == expected
+
+
+def test_the_api_docs_list_every_setting():
+    """docs/API.md's settings table names the environment variable of every `ServiceSettings` field."""
+    import dataclasses
+
+    from serving.settings import ServiceSettings
+
+    table = (ROOT / "docs" / "API.md").read_text().split("## Limits and settings", 1)[1].split("\n## ", 1)[0]
+    missing = [f.name.upper() for f in dataclasses.fields(ServiceSettings) if f"`{f.name.upper()}`" not in table]
+    assert not missing

@@ -18,17 +18,9 @@ import pytest
 import requests
 from onnx import numpy_helper
 
-from export.export import (
-    Beside,
-    ExportConfig,
-    ParityError,
-    ParitySample,
-    choose,
-    evaluate_files,
-    export_onnx,
-    pytorch_reference,
-    rescore_margin,
-)
+from export.convert import ParitySample, export_onnx, pytorch_reference
+from export.export import Beside, ExportConfig
+from export.gate import ParityError, choose, evaluate_files, rescore_margin
 from export.quantize import DEFAULTS
 from serving.core.drift import PROFILE_FILE
 from serving.core.runtime import OnnxTextClassifier, top_two_margin

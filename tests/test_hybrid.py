@@ -93,7 +93,6 @@ def test_nbsvm_on_words_and_characters_exports_as_scikit_learn_answers(imdb_slic
 def test_three_tiers_send_each_text_only_as_far_as_it_must_go(lexical_pair, tmp_path):
     """Lexical, then the student's ensemble, then the teacher's: each text answered by the first tier sure of it, the
     same served (async, the transformers out of process) and offline (`decide_with_routes`)."""
-    import asyncio
     import shutil
 
     path, _, _ = lexical_pair
@@ -105,12 +104,13 @@ def test_three_tiers_send_each_text_only_as_far_as_it_must_go(lexical_pair, tmp_
     teacher = {text: [0.1, 0.9] for text in texts}
     asked: dict[str, list[str]] = {"student": [], "teacher": []}
 
-    def model(name, answers):
-        async def call(batch):
-            asked[name] += batch
-            return [answers[t] for t in batch]
+    class Model:  # a transformer in this process, as the cascade's caller runs it
+        def __init__(self, name, answers):
+            self.name, self.answers = name, answers
 
-        return call
+        def predict_proba(self, batch, _progress=None):
+            asked[self.name] += batch
+            return np.array([self.answers[t] for t in batch])
 
     shutil.copy(path, tmp_path / LEXICAL_FILE)
     policy.save(tmp_path / "hybrid.json")
@@ -119,8 +119,8 @@ def test_three_tiers_send_each_text_only_as_far_as_it_must_go(lexical_pair, tmp_
     order = [first] + [i for i in range(3) if i != first]
     ordered = [texts[i] for i in order]
     student = {ordered[1]: [0.97, 0.03], ordered[2]: [0.5, 0.5]}
-    probs, routes = asyncio.run(
-        router.classify(ordered, router.policy, model("teacher", teacher), model("student", student))
+    probs, routes = router.classify_in_process(
+        ordered, router.policy, Model("teacher", teacher), student=Model("student", student)
     )
     assert routes == ["lexical", "student", "ensemble"]
     assert asked == {"student": ordered[1:], "teacher": ordered[2:]}

@@ -67,7 +67,7 @@ def test_a_users_csv_with_its_own_columns_trains_exports_and_serves_with_the_def
         answer = requests.post(f"{url}/predict", json={"text": "WINNER! Claim your free prize now, text WIN"})
         assert answer.status_code == 200, answer.text
         assert list(answer.json()["scores"]) == LABELS and answer.json()["label"] in LABELS
-        openapi = requests.get(f"{url}/openapi.json").json()["info"]
+        openapi = requests.get(f"{url}/docs.json").json()["info"]
         assert openapi["title"] == "sms-spam-tiny" and "ham, spam" in openapi["description"]
         assert "movie" not in openapi["description"].lower()
 
@@ -75,7 +75,8 @@ def test_a_users_csv_with_its_own_columns_trains_exports_and_serves_with_the_def
 def test_every_sample_size_fits_what_the_validation_split_holds():
     """A few hundred labelled rows leave a validation split of a few dozen: the export still has a search set, a
     gate, a golden set and timing reviews; the release's 2,500 keep the defaults."""
-    from export.export import ExportConfig, gate_size_note
+    from export.export import ExportConfig
+    from export.gate import gate_size_note
 
     for reviews in (30, 446):
         fitted = ExportConfig().fitted_to(reviews)

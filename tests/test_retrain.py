@@ -15,8 +15,8 @@ from bentoml._internal.models import ModelStore
 from mlflow import MlflowClient
 
 import training.fit as fit_module
-from export.export import in_store
 from export.retrain import HELD_OUT_PART, TRAIN_PART, RetrainConfig, gate, run
+from export.store import in_store
 from tests.test_training_pipeline import RELEASE_CONFIG, KillAt, tiny_config, tiny_overrides
 from training import lexical
 from training.config import DataConfig, build

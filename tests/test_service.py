@@ -29,7 +29,7 @@ def test_health_and_bentoml_endpoints(server):
     assert check["served"] in ("int8", "fp32") and (check["passed"] == (check["served"] == "int8"))
     assert (health["warning"] is None) == check["passed"]
     print(f"served {check['served']}: {check['detail']}")
-    for path in ("/livez", "/readyz", "/metrics", "/docs"):
+    for path in ("/livez", "/readyz", "/metrics", "/"):  # "/": BentoML's Swagger UI
         assert requests.get(f"{server}{path}").status_code == 200, path
     spec = requests.get(f"{server}/docs.json").json()
     assert {"/predict", "/predict_batch"} <= set(spec["paths"])
@@ -63,6 +63,11 @@ JSON = "application/json"
 BAD_INPUTS = {
     "empty text": ("/predict", b'{"text": ""}', JSON, 422),
     "whitespace text": ("/predict", b'{"text": "  \\n\\t "}', JSON, 422),
+    "no-break spaces only": ("/predict", b'{"text": "\\u00a0\\u00a0"}', JSON, 422),
+    "zero-width spaces only": ("/explain", b'{"text": "\\u200b\\u200b"}', JSON, 422),
+    "a NUL only": ("/predict", b'{"text": "\\u0000"}', JSON, 422),
+    "control characters only": ("/explain", b'{"text": "\\u0001\\u007f\\u0085"}', JSON, 422),
+    "an invisible batch item": ("/predict_batch", b'{"texts": ["good", "\\u2060\\ufeff"]}', JSON, 422),
     "text over the limit": ("/predict", b'{"text": "' + b"a" * 50_001 + b'"}', JSON, 422),
     "missing field": ("/predict", b'{"txt": "good"}', JSON, 422),
     "unknown field": ("/predict", b'{"text": "good", "lang": "en"}', JSON, 422),
@@ -73,6 +78,9 @@ BAD_INPUTS = {
     "multipart without boundary": ("/predict", b"text=good", "multipart/form-data", 415),
     "plain text": ("/predict_batch", b"good", "text/plain", 415),
     "no content type": ("/predict", b'{"text": "good"}', "", 415),
+    "unknown mode": ("/predict", b'{"text": "good", "mode": "fastest"}', JSON, 422),
+    "null mode": ("/explain", b'{"text": "good", "mode": null}', JSON, 422),
+    "mode as a query parameter": ("/predict?mode=transformer", b'{"text": "good"}', JSON, 422),
     "empty batch": ("/predict_batch", b'{"texts": []}', JSON, 422),
     "oversize batch": ("/predict_batch", b'{"texts": [' + b",".join([b'"a"'] * 65) + b"]}", JSON, 422),
     "non-string item": ("/predict_batch", b'{"texts": ["good", 3]}', JSON, 422),
@@ -91,7 +99,9 @@ def test_bad_input_gets_the_declared_4xx_json_error(server, case):
     body = response.json()
     assert set(body) == {"error", "detail"} and body["error"] and "Traceback" not in response.text
     assert body["detail"] is None or all({"loc", "msg", "type"} == set(d) for d in body["detail"])
-    declared = requests.get(f"{server}/docs.json").json()["paths"][path]["post"]["responses"]
+    if case == "an invisible batch item":
+        assert [d["loc"] for d in body["detail"]] == [["body", "texts", 1]]  # which item, by its index
+    declared = requests.get(f"{server}/docs.json").json()["paths"][path.split("?")[0]]["post"]["responses"]
     assert str(status) in declared  # the OpenAPI document names every status the API answers
     assert requests.get(f"{server}/health").status_code == 200  # still serving
 
@@ -99,13 +109,12 @@ def test_bad_input_gets_the_declared_4xx_json_error(server, case):
 def test_openapi_states_the_limits_and_samples(server):
     spec = requests.get(f"{server}/docs.json").json()
     schemas = spec["components"]["schemas"]
-    text = schemas["PredictRequest"]["properties"]["text"]
+    text = schemas["PredictRequestIODescriptor"]["properties"]["text"]
     assert text["maxLength"] == 50_000 and text["minLength"] == 1 and "pattern" in text
-    texts = schemas["BatchRequest"]["properties"]["texts"]
+    texts = schemas["BatchRequestIODescriptor"]["properties"]["texts"]
     assert (texts["minItems"], texts["maxItems"]) == (1, 64)
-    for name in ("PredictRequest", "BatchRequest"):  # Swagger's "try it out" sends these as shipped
-        (example,) = schemas[name]["examples"]
-        path = "/predict" if name == "PredictRequest" else "/predict_batch"
+    for path in ("/predict", "/predict_batch"):  # Swagger's "try it out" sends these as shipped
+        example = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["example"]
         assert requests.post(f"{server}{path}", json=example).status_code == 200
     assert "ErrorBody" in schemas and schemas["ErrorBody"]["properties"]["detail"]["anyOf"][0]["type"] == "array"
     for path in ("/predict", "/predict_batch", "/explain", "/health"):  # a bug's 500 is declared, as sent
@@ -139,15 +148,15 @@ def test_cascade_answers_confident_reviews_without_the_transformer(server):
     assert sent == paths.count("ensemble")  # only the uncertain reviews reached the transformer
 
     lexical = LexicalModel(MODEL_DIR / LEXICAL_FILE).predict_proba(texts)
-    transformer = requests.post(f"{server}/predict_batch?mode=transformer", json={"texts": texts}).json()
+    transformer = requests.post(f"{server}/predict_batch", json={"texts": texts, "mode": "transformer"}).json()
     transformer = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in transformer["predictions"]])
     served = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in cascade])
     expected = HybridPolicy(policy["weight"], policy["threshold"], "cascade").decide(lexical, transformer)
     np.testing.assert_allclose(served, expected, atol=1e-4)
-    ensemble = requests.post(f"{server}/predict_batch?mode=ensemble", json={"texts": texts[:4]}).json()
+    ensemble = requests.post(f"{server}/predict_batch", json={"texts": texts[:4], "mode": "ensemble"}).json()
     assert {p["path"] for p in ensemble["predictions"]} == {"ensemble"}
     assert 'sentiment_routed_total{path="lexical"}' in requests.get(f"{server}/metrics").text
-    assert requests.post(f"{server}/predict?mode=fastest", json={"text": "Fine."}).status_code == 422
+    assert requests.post(f"{server}/predict", json={"text": "Fine.", "mode": "fastest"}).status_code == 422
 
 
 def test_concurrent_requests_are_batched(server):
@@ -160,7 +169,7 @@ def test_concurrent_requests_are_batched(server):
     texts_before, calls_before = batches()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         responses = list(
-            pool.map(lambda t: requests.post(f"{server}/predict?mode=transformer", json={"text": t}), texts)
+            pool.map(lambda t: requests.post(f"{server}/predict", json={"text": t, "mode": "transformer"}), texts)
         )
     statuses = [r.status_code for r in responses]
     assert statuses == [200] * len(texts), {s: statuses.count(s) for s in set(statuses)}
@@ -202,7 +211,9 @@ def test_served_model_agrees_with_pytorch(server):
     texts = pd.read_parquet(ROOT.parent / "shared/data/imdb/test.parquet").text.sample(64, random_state=2).tolist()
     model = merged_from_adapter(MODEL_DIR, config.model.checkpoint, ["neg", "pos"])
     reference = predict_proba(model, load_tokenizer(config.model.checkpoint), texts, config.encoding)
-    served = requests.post(f"{server}/predict_batch?mode=transformer", json={"texts": texts}).json()["predictions"]
+    served = requests.post(f"{server}/predict_batch", json={"texts": texts, "mode": "transformer"}).json()[
+        "predictions"
+    ]
     served_probs = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in served])
     # int8 (or the fp32 fallback) vs PyTorch fp32: agreement and the mean difference, as the self-check measures.
     assert (served_probs.argmax(1) == reference.argmax(1)).mean() >= 0.98
@@ -233,7 +244,9 @@ def test_benchmark_naive_peer_serves_the_same_model(server):
     texts = reviews[reviews.str.len() < 600].sample(16, random_state=3).tolist()
     naive = TestClient(create_app(MODEL_DIR))
     naive_labels = [naive.post("/predict", json={"text": t}).json()["label"] for t in texts]
-    served = requests.post(f"{server}/predict_batch?mode=transformer", json={"texts": texts}).json()["predictions"]
+    served = requests.post(f"{server}/predict_batch", json={"texts": texts, "mode": "transformer"}).json()[
+        "predictions"
+    ]
     assert sum(a == p["label"] for a, p in zip(naive_labels, served, strict=True)) >= 15
 
 
@@ -278,7 +291,7 @@ def test_explain_reads_what_the_transformer_reads(server):
     for word in body["words"]:
         assert body["explained_text"][word["start"] : word["end"]] == word["word"]
     for short in ("Superb", "!!!", "0"):  # under two words SHAP's text clustering has nothing to split
-        body = requests.post(f"{server}/explain?mode=transformer", json={"text": short}).json()
+        body = requests.post(f"{server}/explain", json={"text": short, "mode": "transformer"}).json()
         assert [w["word"] for w in body["words"]] == re.findall(r"\w+", short), body
     for bad, status in (({"text": " "}, 422), ({"text": "a" * 50_001}, 422), ({"texts": ["good"]}, 422)):
         response = requests.post(f"{server}/explain", json=bad)
@@ -308,3 +321,22 @@ def test_the_registered_served_model_answers_as_the_service(server):
     assert set(local.model_version) == {served[0]["model_version"]}
     probabilities = np.array([[p["scores"][name] for name in ("neg", "pos")] for p in served])
     np.testing.assert_allclose(np.stack(local.probabilities), probabilities, atol=1e-4)
+
+
+def test_unknown_paths_are_404s_that_add_no_metric_series(server):
+    """A scanner's 1,000 distinct unknown paths: each a 404 in the error shape, and `/metrics` holds as many series
+    afterwards as before (BentoML labels its request metrics with the path: here, with the route)."""
+
+    def series() -> set[str]:
+        lines = requests.get(f"{server}/metrics").text.splitlines()
+        return {line.rsplit(" ", 1)[0] for line in lines if line and not line.startswith("#")}
+
+    requests.get(f"{server}/no/such/path-warmup")  # the `unknown` label's own series, once
+    before = series()
+    with requests.Session() as session:
+        for n in range(1000):
+            answer = session.get(f"{server}/scan/{n}/admin.php", params={"id": n})
+            assert answer.status_code == 404 and set(answer.json()) == {"error", "detail"}
+    new = {s for s in series() - before if "scan" in s or "admin" in s}
+    assert not new, sorted(new)[:5]
+    assert not [s for s in series() if 'endpoint="/scan' in s]

@@ -80,13 +80,62 @@ def test_a_file_of_reviews_comes_back_with_predictions(server, page, offsite, tm
     assert offsite == []
 
 
+def test_a_large_upload_leaves_the_api_answering(server, page, tmp_path):
+    """A file of many short confident reviews (the lexical model answers each in the API process): `/predict` keeps
+    answering while it goes through, and the download has every row. A file over the row cap is refused, saying so."""
+    import threading
+    import time
+
+    from serving.settings import SETTINGS
+
+    rows = min(SETTINGS.ui_max_rows, 6000)
+    texts = ["Wonderful, brilliant, a masterpiece!", "Awful, boring, the worst film ever."] * (rows // 2)
+    upload = tmp_path / "many.csv"
+    pd.DataFrame({"text": texts}).to_csv(upload, index=False)
+    page.reload(wait_until="networkidle")
+    page.get_by_role("tab", name="Batch file").click()
+    page.locator("input[type=file]").first.set_input_files(upload)
+    done, answered = threading.Event(), []
+
+    def ask() -> None:  # one client, one request at a time, for as long as the upload runs
+        while not done.is_set():
+            started = time.perf_counter()
+            assert requests.post(f"{server}/predict", json={"text": "A fine film."}, timeout=30).status_code == 200
+            answered.append((time.perf_counter(), time.perf_counter() - started))
+
+    page.locator("#predict-file").click()
+    asker, clicked = threading.Thread(target=ask), time.perf_counter()
+    asker.start()
+    link = page.get_by_role("row", name=re.compile("many-predictions.csv")).get_by_role("link")
+    expect(link).to_be_visible(timeout=300_000)
+    finished = time.perf_counter()
+    done.set()
+    asker.join()
+    during = [seconds for at, seconds in answered if at < finished]
+    assert len(during) >= 5 and max(during) < (finished - clicked) / 2, (len(during), finished - clicked)
+    with page.expect_download() as download:
+        link.click()
+    assert len(pd.read_csv(download.value.path())) == rows
+    over = tmp_path / "too-many.csv"
+    pd.DataFrame({"text": ["Fine."] * (SETTINGS.ui_max_rows + 1)}).to_csv(over, index=False)
+    page.reload(wait_until="networkidle")
+    page.get_by_role("tab", name="Batch file").click()
+    page.locator("input[type=file]").first.set_input_files(over)
+    page.locator("#predict-file").click()
+    expect(page.get_by_text(f"the web UI takes {SETTINGS.ui_max_rows}")).to_be_visible(timeout=60_000)
+
+
 def test_blank_input_gets_the_apis_reason(page, tmp_path):
-    """The page accepts what the API accepts: a blank review or a blank row is refused and says so."""
+    """The page accepts what the API accepts: a blank review (spaces, or invisible characters only) or a blank row is
+    refused and says so."""
     page.reload(wait_until="networkidle")  # an empty page: no earlier upload in the file box
     submit_review(page, "   ")
     expect(page.get_by_text("the review: is blank")).to_be_visible(timeout=60_000)
+    page.reload(wait_until="networkidle")
+    submit_review(page, "\u200b\u00a0\u2060")
+    expect(page.get_by_text("the review: is blank")).to_be_visible(timeout=60_000)
     upload = tmp_path / "blank-row.csv"
-    pd.DataFrame({"text": ["Fine.", None]}).to_csv(upload, index=False)
+    pd.DataFrame({"text": ["Fine.", "\u200b\u200b"]}).to_csv(upload, index=False)
     page.get_by_role("tab", name="Batch file").click()
     page.locator("input[type=file]").first.set_input_files(upload)
     page.locator("#predict-file").click()
@@ -103,3 +152,41 @@ def test_uploads_are_bounded_in_size(server):
 
 def metrics(server: str) -> str:
     return requests.get(f"{server}/metrics", timeout=10).text
+
+
+def test_idle_ui_streams_lock_out_no_one(server):
+    """520 idle heartbeat streams of the web UI (what as many open tabs hold) from one address: that client gets its
+    share of the UI's budget and a 429 past it, at once; `/predict` and `/health` keep their usual latency."""
+    import socket
+    import statistics
+    import time
+
+    def latency_ms(path: str) -> float:
+        started = time.perf_counter()
+        answer = requests.post(
+            f"{server}{path}", json={"text": "A fine film."} if path == "/predict" else {}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        return 1000 * (time.perf_counter() - started)
+
+    usual = {path: statistics.median(latency_ms(path) for _ in range(20)) for path in ("/predict", "/health")}
+    host, port = server.removeprefix("http://").split(":")
+    streams = []
+    for n in range(520):
+        connection = socket.create_connection((host, int(port)))
+        connection.sendall(f"GET /ui/gradio_api/heartbeat/tab{n} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        streams.append(connection)
+    try:
+        statuses = []
+        for connection in streams:
+            connection.settimeout(10)
+            statuses.append(connection.recv(64).split(b" ")[1].decode())
+        health = requests.get(f"{server}/health", timeout=10).json()["admission"]["ui_connections"]
+        assert statuses.count("200") == health["per_client"] == health["open"]
+        assert statuses.count("429") == 520 - health["per_client"]
+        while_held = {path: statistics.median(latency_ms(path) for _ in range(20)) for path in usual}
+    finally:
+        for connection in streams:
+            connection.close()
+    for path, median_ms in while_held.items():
+        assert median_ms <= 2 * usual[path] + 20, (path, usual[path], median_ms)

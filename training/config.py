@@ -114,7 +114,7 @@ class HybridConfig:
     # validation (reports/experiments/lexical-nbsvm).
     recipe: str = "tfidf"
     ngram_max: int = 2  # word n-grams from 1 to this
-    # The vocabulary's size is set by min_df alone (5: 142k n-grams on IMDb, as accurate on validation as 400k): a
+    # The vocabulary's size is set by min_df alone (a larger vocabulary was no more accurate on IMDb validation): a
     # max_features cap can keep a bigram without its words, which ONNX Runtime's TfIdfVectorizer then never counts.
     min_df: int = 5
     # Presence, not counts: a word said five times is not five times the evidence (more accurate on IMDb validation,

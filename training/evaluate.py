@@ -2,7 +2,8 @@
 
 `python -m training.evaluate --model-dir models/imdb-minilm-lora` rebuilds the committed model, scores it on the
 test split (the only place that does) and adds the test scores to the model's `metrics.json`; `--served` scores
-the exported ONNX files in the BentoML store the same way (`reports/<name>/served.json`).
+the config's export in the BentoML store (`<registered_model>-onnx:latest`) the same way (`reports/<name>/served.json`)
+and picks the web UI's example reviews from its answers (`reports/ui/examples.json`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from serving.core import UI_EXAMPLES_FILE
 from serving.core.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel, ensemble, top_two_margin
 from serving.core.text import EncodingConfig
-from serving.settings import SETTINGS
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line
 from training.lexical import cascade_curve
 from training.metrics import classification_metrics
@@ -263,19 +264,19 @@ def ui_examples(
 
 def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any]:
     """Score the test split with the file the BentoML model serves on this CPU (the service's self-check chooses it),
-    through the service's own runtime; writes `reports/<name>/served.json` and the web UI's example reviews."""
+    through the service's own runtime; writes `reports/<name>/served.json` and the web UI's example reviews
+    (`UI_EXAMPLES_FILE`)."""
     import bentoml
 
     from serving.core.runtime import cpu_flags
     from serving.core.selfcheck import SelfCheckLimits, load_classifier
-    from serving.schemas import UI_EXAMPLES_FILE
-    from serving.versions import runtime_of, student_tag
+    from serving.exports import runtime_of, student_tag
     from training.data import load_data
 
     model = bentoml.models.get(bento_model)
     test = load_data(config.data).splits["test"]
     labels = np.array(test["label"])
-    transformer, check = load_classifier(model.path, SelfCheckLimits(**model.info.metadata["selfcheck"]))
+    transformer, check = load_classifier(model.path, SelfCheckLimits.of(model))
     result = {"bento_model": str(model.tag), "recipe": check.recipe or "fp32", "cpu": cpu_flags()}
     name = transformer.model_file
     if transformer.rescorer is not None:  # the answers int8 is unsure of come from fp32
@@ -306,6 +307,7 @@ def evaluate_served(config: ExperimentConfig, bento_model: str) -> dict[str, Any
     out = Path(config.reports_dir) / config.name / "served.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     examples = ui_examples(test["text"], labels, served, label_names)
+    UI_EXAMPLES_FILE.parent.mkdir(parents=True, exist_ok=True)
     UI_EXAMPLES_FILE.write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
     return result
 
@@ -319,7 +321,7 @@ def main() -> None:
         flags={"--served": "score the ONNX file the BentoML store's model serves instead of PyTorch"},
     )
     if args.served:
-        print(json.dumps(evaluate_served(config, SETTINGS.bento_model_tag)))
+        print(json.dumps(evaluate_served(config, f"{config.bento_model}:latest")))
     else:
         print(json.dumps(evaluate(args.source, config)))
 

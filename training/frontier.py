@@ -20,7 +20,7 @@ import numpy as np
 
 from serving.core.hybrid import LEXICAL_FILE, POLICY_FILE, HybridPolicy, LexicalModel
 from serving.core.runtime import cpu_flags
-from serving.versions import runtime_of
+from serving.exports import runtime_of
 from training.config import RELEASE_MODEL_DIR, ExperimentConfig, command_line, load_config
 from training.data import load_data
 from training.tiers import FRONTIER_FILE, judged

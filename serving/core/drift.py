@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from serving.core.runtime import CONFIG_FILE, TOKENIZER_FILE
-from serving.core.text import EncodingConfig, clean_text, tokenizer_from_file
+from serving.core.text import EncodingConfig, clean_text, token_budget, tokenizer_from_file
 
 PROFILE_FILE = "reference_profile.json"
 WORD = re.compile(r"[^\W\d_]+")  # alphabetic words: the ones a vocabulary can miss
@@ -47,7 +47,7 @@ class TextStatistics:
     def __init__(self, tokenizer: Tokenizer, encoding: EncodingConfig):
         self.tokenizer = tokenizer  # with no truncation of its own (`tokenizer_from_file`)
         self.vocabulary = set(tokenizer.get_vocab())
-        self.readable = encoding.max_length - len(tokenizer.encode("", add_special_tokens=True).ids)
+        self.readable = token_budget(tokenizer, encoding)
 
     @classmethod
     def for_model(cls, model_dir: str | Path) -> TextStatistics:

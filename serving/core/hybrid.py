@@ -1,7 +1,7 @@
 """The hybrid model: a lexical TF-IDF model beside the transformer, combined as an ensemble or a confidence cascade.
 
 One implementation of the decision, used where the policy is chosen (`training/lexical.py`), scored
-(`training/evaluate.py`) and served (`serving/gateway.py`): the ensemble averages the two models' log-probabilities
+(`training/evaluate.py`) and served (`serving/inference.py`): the ensemble averages the two models' log-probabilities
 with the lexical weight `weight`; the cascade lets the lexical model answer alone when its top-two probability margin
 is at least `threshold` and sends every other text to the ensemble. With a student (a smaller transformer distilled
 from the teacher), the cascade has three tiers: the texts sent onward meet the lexical + student ensemble first, which
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -22,7 +21,7 @@ import numpy as np
 from serving.core.runtime import OnnxTextClassifier, softmax, top_two_margin
 from serving.core.text import clean_text
 
-LEXICAL_FILE, POLICY_FILE = "lexical.onnx.gz", "hybrid.json"  # gzip: its vocabulary compresses 2.4x
+LEXICAL_FILE, POLICY_FILE = "lexical.onnx.gz", "hybrid.json"  # gzip: its vocabulary compresses well
 Mode = Literal["transformer", "ensemble", "cascade"]
 Route = Literal["lexical", "student", "ensemble", "transformer"]
 # Words as the lexical model sees them, in a regex that Python (scikit-learn) and RE2 (ONNX Runtime) read alike.
@@ -41,12 +40,13 @@ class LexicalModel:
         import onnxruntime as ort  # here: BentoML's arbiter imports this module and never runs a model
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # a few microseconds of work: threads would cost more than they save
+        options.intra_op_num_threads = 1  # little work per text: threads would cost more than they save
         graph = gzip.decompress(Path(path).read_bytes())
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     def predict_proba(self, texts: list[str], chunk: int = 256) -> np.ndarray:
-        """Probabilities of one or more texts, in chunks: ONNX Runtime's TF-IDF output is dense (~0.6 MB per text)."""
+        """Probabilities of one or more texts, in chunks: ONNX Runtime's TF-IDF output is dense (one row as wide as
+        the vocabulary per text)."""
         column = np.array([lexical_text(t) for t in texts], dtype=object).reshape(-1, 1)
         parts = [
             self.session.run(["probabilities"], {"text": column[start : start + chunk]})[0]
@@ -160,12 +160,56 @@ def named_student(model_dir: str | Path) -> dict[str, str] | None:
 
 
 TRANSFORMER_ONLY = HybridPolicy(weight=0.0, threshold=1.0, mode="transformer")  # an export without the lexical half
-Transformer = Callable[[list[str]], Awaitable[list[list[float]]]]  # the batched classifier, texts in, probs out
+Tier = Literal["student", "teacher"]
+
+
+class Cascade:
+    """One request's texts through the tiers, a step at a time, with no model call of its own: `next_tier` names the
+    transformer that must see which texts next, `answer` takes its probabilities for them, and `result` is every
+    text's answer and path. The caller runs the models (out of process in the service, in process offline), so the
+    decision stays one pure implementation."""
+
+    def __init__(self, policy: HybridPolicy, lexical: np.ndarray | None, n_texts: int, with_student: bool):
+        self.policy, self.lexical, self.n_texts = policy, lexical, n_texts
+        self.onward = policy.onward(lexical, n_texts)
+        self.after_student: tuple[np.ndarray, list[Route]] | None = None
+        self.tier: Tier | None = None
+        self.answers: tuple[np.ndarray, list[Route]] | None = None
+        if len(self.onward):
+            self.tier = "student" if with_student and policy.uses_student else "teacher"
+        else:  # the lexical model answered every text
+            self.answers = policy.merge(lexical, np.empty((0, lexical.shape[1])), self.onward, n_texts)  # type: ignore[union-attr]
+
+    def next_tier(self) -> tuple[Tier, np.ndarray] | None:
+        """The tier to ask next and the indices of the texts it must answer; None once every text has its answer."""
+        return (self.tier, self.onward) if self.tier else None
+
+    def answer(self, probabilities: np.ndarray) -> None:
+        """The asked tier's probabilities for the texts `next_tier` named, in that order."""
+        if self.tier == "student":
+            probs, routes, teacher = self.policy.merge_student(self.lexical, probabilities, self.onward, self.n_texts)  # type: ignore[arg-type]
+            if len(teacher):
+                self.after_student, self.onward, self.tier = (probs, routes), teacher, "teacher"
+            else:
+                self.answers, self.tier = (probs, routes), None
+            return
+        if self.after_student:
+            self.answers = self.policy.merge_teacher(*self.after_student, self.lexical, probabilities, self.onward)  # type: ignore[arg-type]
+        else:
+            self.answers = self.policy.merge(self.lexical, probabilities, self.onward, self.n_texts)
+        self.tier = None
+
+    @property
+    def result(self) -> tuple[np.ndarray, list[Route]]:
+        """Every text's probabilities and path, once no tier is waiting."""
+        if self.answers is None:
+            raise RuntimeError(f"the cascade still waits for its {self.tier}")
+        return self.answers
 
 
 class HybridRouter:
-    """The hybrid as the API process runs it: the lexical model answers here, only the texts its policy sends onward
-    reach the (batched, out-of-process) transformer, and every answer keeps its input position and its path."""
+    """A model version's hybrid: its lexical model and policy. `cascade` runs the lexical model on a request's texts;
+    only the texts its policy sends onward reach a transformer, and every answer keeps its input position and path."""
 
     def __init__(self, model_dir: str | Path, mode: str = "", with_student: bool = True):
         """`with_student=False`: two tiers even when the policy has a student's (its model is not at hand)."""
@@ -173,6 +217,7 @@ class HybridRouter:
         has_lexical = (model_dir / LEXICAL_FILE).exists()
         self.lexical = LexicalModel(model_dir / LEXICAL_FILE) if has_lexical else None
         self.policy = HybridPolicy.load(model_dir / POLICY_FILE) if has_lexical else TRANSFORMER_ONLY
+        self.with_student = with_student
         if not with_student:
             self.policy = replace(self.policy, student_weight=None, student_threshold=None)
         self.policy = self.policy_for(mode or self.policy.mode)  # type: ignore[arg-type]
@@ -183,23 +228,11 @@ class HybridRouter:
             raise ValueError(f"mode {mode!r} needs the hybrid's lexical model, which this export lacks")
         return self.policy.with_mode(mode) if mode else self.policy
 
-    def route(self, texts: list[str], policy: HybridPolicy) -> tuple[np.ndarray | None, np.ndarray]:
-        """The lexical model's probabilities (None in transformer mode) and the indices the transformer must see."""
+    def cascade(self, texts: list[str], policy: HybridPolicy, with_student: bool = True) -> Cascade:
+        """`texts` after the lexical model (none in transformer mode): what the transformers must still answer
+        (`with_student=False`: two tiers, the student's model is not at hand)."""
         lexical = self.lexical.predict_proba(texts) if policy.mode != "transformer" else None
-        return lexical, policy.onward(lexical, len(texts))
-
-    async def classify(
-        self, texts: list[str], policy: HybridPolicy, transformer: Transformer, student: Transformer | None = None
-    ) -> tuple[np.ndarray, list[Route]]:
-        """Lexical here; texts sent onward go to the `student` first (three tiers), the rest to the `transformer`."""
-        lexical, onward = self.route(texts, policy)
-        if policy.uses_student and student is not None and len(onward):
-            answered = np.array(await student([texts[i] for i in onward]))
-            probs, routes, teacher = policy.merge_student(lexical, answered, onward, len(texts))
-            scores = np.array(await transformer([texts[i] for i in teacher])) if len(teacher) else answered[:0]
-            return policy.merge_teacher(probs, routes, lexical, scores, teacher)
-        scores = await transformer([texts[i] for i in onward]) if len(onward) else []
-        return policy.merge(lexical, np.array(scores), onward, len(texts))
+        return Cascade(policy, lexical, len(texts), self.with_student and with_student)
 
     def classify_in_process(
         self,
@@ -209,16 +242,15 @@ class HybridRouter:
         progress: str | None = None,
         student: OnnxTextClassifier | None = None,
     ) -> tuple[np.ndarray, list[Route]]:
-        """The same decision with the transformers in this process: for explanations and offline (Spark) scoring;
+        """The served decision with the transformers in this process: for explanations and offline (Spark) scoring;
         with `progress`, each transformer's share under a progress bar of that name."""
-        lexical, onward = self.route(texts, policy)
-        if policy.uses_student and student is not None and len(onward):
-            answered = student.predict_proba([texts[i] for i in onward], progress and f"{progress} (student)")
-            probs, routes, teacher = policy.merge_student(lexical, answered, onward, len(texts))
-            scores = transformer.predict_proba([texts[i] for i in teacher], progress)
-            return policy.merge_teacher(probs, routes, lexical, scores, teacher)
-        onward_probs = transformer.predict_proba([texts[i] for i in onward], progress)
-        return policy.merge(lexical, onward_probs, onward, len(texts))
+        cascade = self.cascade(texts, policy, with_student=student is not None)
+        models = {"teacher": transformer, "student": student}
+        while step := cascade.next_tier():
+            tier, indices = step
+            label = progress and (f"{progress} ({tier})" if tier == "student" else progress)
+            cascade.answer(models[tier].predict_proba([texts[i] for i in indices], label))  # type: ignore[union-attr]
+        return cascade.result
 
     def describe(self) -> dict:
         return asdict(self.policy) | {"lexical_model": self.lexical is not None}

@@ -75,7 +75,7 @@ class OnnxTextClassifier:
         self.model_file = model_file
         self.path = path = str(model_dir / model_file)
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx")
-        # a lone text: all cores; many texts: one core each. Built side by side (ORT releases the GIL): half the wait
+        # a lone text: all cores; many texts: one core each. Built side by side (ORT releases the GIL): ready sooner
         single = self.pool.submit(self._session, path, self.workers, spin)
         self.parallel = self._session(path, threads=1)
         self.single = single.result()

@@ -3,7 +3,7 @@ families.
 
 The export ships the fp32 file, at most two int8 files that passed its gate (the fastest and the most faithful,
 listed in `int8.json`) and a golden set (token ids of validation reviews with the fp32 probabilities). The service
-starts on fp32, the reference (ready in a fraction of a second), and meanwhile, on its own CPU, scores the golden set
+starts on fp32, the reference (ready at once: nothing to check), and meanwhile, on its own CPU, scores the golden set
 with each int8 file and times the files that stay within the limits, interleaved, against fp32. It serves the most
 faithful of them, or a faster one when that is at least `min_speedup` faster; fp32 stays, with the reason, when no
 int8 file is both faithful and faster here.
@@ -11,8 +11,10 @@ int8 file is both faithful and faster here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -35,18 +37,25 @@ class StoredModel(Protocol):
 
 FP32_FILE, GOLDEN_FILE, INT8_MANIFEST = "model.onnx", "golden.npz", "int8.json"
 NO_INT8 = "no int8 file passed the export's parity gate"
+# Where a self-check's verdict is kept, per store model and CPU: a writable path (the image's root is read-only).
+VERDICTS = Path(tempfile.gettempdir()) / "sentiment-selfcheck"
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SelfCheckLimits:
-    """How far int8 may stray from fp32 on the golden set (64 reviews: one flipped label is 1.6%), and how much faster
-    a file must run on this CPU to be preferred to a more faithful one."""
+    """How far int8 may stray from fp32 on the golden set (a small set: `min_agreement` allows only a few flipped
+    labels), and how much faster a file must run on this CPU to be preferred to a more faithful one."""
 
     min_agreement: float = 0.98
     max_mean_abs_diff: float = 0.01
     min_speedup: float = 0.10
     timing_reviews: int = 24  # golden reviews timed per pass (3 interleaved passes), while fp32 serves
+
+    @classmethod
+    def of(cls, model: StoredModel) -> SelfCheckLimits:
+        """The limits the export stored with `model`: every consumer checks its int8 files as the service does."""
+        return cls(**model.info.metadata["selfcheck"])
 
 
 @dataclass(frozen=True)
@@ -202,13 +211,24 @@ class CheckedModel:
         running = "the int8 self-check is running: fp32 serves until then"
         return cls(str(model.info.tag), fp32, SelfCheck("fp32", None, None, 0, False, running, finished=False))
 
-    def checked(self, model: StoredModel, workers: int | None = None) -> CheckedModel:
+    def checked(self, model: StoredModel, workers: int | None = None, verdicts: Path = VERDICTS) -> CheckedModel:
         """This fp32 reference (`reference`) with the check's verdict: the int8 file chosen on this CPU, or this same
-        fp32 runtime (not a second one)."""
+        fp32 runtime (not a second one). A verdict already reached for this model on a CPU with the same flags is
+        kept (`verdicts`) and served again without scoring or timing anything."""
         if self.check.finished:
             return self
-        limits = SelfCheckLimits(**model.info.metadata["selfcheck"])
-        runtime, check = choose_on_this_cpu(Path(model.path), limits, self.runtime, workers)
+        kept = verdicts / f"{self.tag.replace(':', '-')}-{hashlib.sha256(cpu_flags().encode()).hexdigest()[:16]}.json"
+        if kept.exists():
+            check = SelfCheck(**json.loads(kept.read_text()))
+            int8 = next((f for f in int8_files(Path(model.path)) if f.recipe == check.recipe), None)
+            runtime = int8_runtime(Path(model.path), int8, self.runtime, workers) if int8 else self.runtime
+            return replace(self, runtime=runtime, check=replace(check, detail=f"{check.detail} (kept from before)"))
+        runtime, check = choose_on_this_cpu(Path(model.path), SelfCheckLimits.of(model), self.runtime, workers)
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps(asdict(check)))
+        except OSError as error:
+            log.warning("the self-check's verdict could not be kept (%s): the next load checks again", error)
         return replace(self, runtime=runtime, check=check)
 
     def failed(self, reason: str) -> CheckedModel:

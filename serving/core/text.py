@@ -18,6 +18,20 @@ Truncation = Literal["head", "tail", "head_tail"]
 
 _LINE_BREAK_TAGS = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
+# A character a reader sees: not whitespace, not a control character, not one of Unicode's invisible fillers,
+# joiners, marks or format characters. A text needs one to be read at all; the API's schema, the web UI and Spark
+# scoring use this one rule. Written with \uXXXX escapes so JSON Schema (ECMA), Python and pydantic (Rust) read it
+# alike.
+VISIBLE = (
+    r"[^\s\u0000-\u001f\u007f-\u00a0\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2000-\u200f"
+    r"\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb]"
+)
+_VISIBLE = re.compile(VISIBLE)
+
+
+def readable(text: str) -> bool:
+    """Whether `text` has at least one visible character (`VISIBLE`)."""
+    return _VISIBLE.search(text) is not None
 
 
 def clean_text(text: str) -> str:
@@ -47,6 +61,17 @@ class EncodingConfig:
         return replace(self, max_length=self.train_max_length or self.max_length, train_max_length=None)
 
 
+def special_ids(tokenizer: Tokenizer) -> list[int]:
+    """The ids the model's template puts around a text, e.g. [CLS] [SEP] or <s> </s>."""
+    return tokenizer.encode("", add_special_tokens=True).ids
+
+
+def token_budget(tokenizer: Tokenizer, config: EncodingConfig) -> int:
+    """How many of a text's own tokens `encode` keeps: `max_length` less the model's special tokens. Computed here
+    only, so that the encoding, the explained text and the drift monitor's truncation count never disagree."""
+    return config.max_length - len(special_ids(tokenizer))
+
+
 def _truncate(ids: list[int], budget: int, config: EncodingConfig) -> list[int]:
     if len(ids) <= budget:
         return ids
@@ -60,9 +85,9 @@ def _truncate(ids: list[int], budget: int, config: EncodingConfig) -> list[int]:
 
 def encode(texts: list[str], tokenizer: Tokenizer, config: EncodingConfig) -> list[list[int]]:
     """Clean, tokenize and truncate `texts`; returns input ids with the model's special tokens."""
-    specials = tokenizer.encode("", add_special_tokens=True).ids  # e.g. [CLS] [SEP] or <s> </s>
+    specials = special_ids(tokenizer)
     prefix, suffix = specials[:1], specials[1:]
-    budget = config.max_length - len(specials)
+    budget = token_budget(tokenizer, config)
     encodings = tokenizer.encode_batch([clean_text(t) for t in texts], add_special_tokens=False)
     return [prefix + _truncate(e.ids, budget, config) + suffix for e in encodings]
 
@@ -72,8 +97,7 @@ def visible_text(text: str, tokenizer: Tokenizer, config: EncodingConfig) -> tup
     what an explanation of the transformer should show."""
     cleaned = clean_text(text)
     offsets = tokenizer.encode(cleaned, add_special_tokens=False).offsets
-    budget = config.max_length - len(tokenizer.encode("", add_special_tokens=True).ids)
-    kept = _truncate(list(range(len(offsets))), budget, config)
+    kept = _truncate(list(range(len(offsets))), token_budget(tokenizer, config), config)
     if len(kept) == len(offsets):
         return cleaned, False
     cut = next((i for i in range(1, len(kept)) if kept[i] != kept[i - 1] + 1), len(kept))

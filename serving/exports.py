@@ -1,43 +1,48 @@
-"""A model version as the API worker serves it: one export of the store, whole (its tag, labels, registry version
-and lexical half), so that an answer never mixes two (`gateway.py` swaps a new one in at once)."""
+"""An export as the API worker serves it: one model of the store, whole (its tag, labels, registry version
+and lexical half), so that an answer never mixes two (`inference.Inference.use` swaps a new one in at once)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from serving.ab import Arm
-from serving.core.hybrid import HybridRouter, named_student
+from serving.core.hybrid import HybridRouter, Tier, named_student
 from serving.core.selfcheck import StoredModel
 
 
 @dataclass(frozen=True)
-class ModelVersion:
-    """One served export as the API process uses it: the arm it answers for, its store tag, labels, registry version
-    and lexical half."""
+class ServedExport:
+    """One served export as the API process uses it: the arm it answers for, its store tag and folder, labels,
+    registry version and lexical half."""
 
     arm: Arm
     tag: str
-    path: str
+    directory: str
     label_names: list[str]
-    model_version: str
+    registry_version: str  # the MLflow registered model it came from, name:version
     hybrid: HybridRouter
     gate_reviews: int | None  # how many reviews the export's parity gate judged (older exports: unknown)
     student_tag: str | None  # the store model of the cascade's student tier, when its policy has one and it is here
 
     @classmethod
-    def of(cls, arm: Arm, model: StoredModel, hybrid_mode: str) -> ModelVersion:
+    def of(cls, arm: Arm, model: StoredModel, hybrid_mode: str) -> ServedExport:
         metadata = model.info.metadata
         student = student_tag(model)
         return cls(
             arm=arm,
             tag=str(model.info.tag),
-            path=model.path,
+            directory=model.path,
             label_names=metadata["label_names"],
-            model_version=f"{metadata['mlflow_model']}:{metadata['mlflow_version']}",
+            registry_version=f"{metadata['mlflow_model']}:{metadata['mlflow_version']}",
             hybrid=HybridRouter(model.path, hybrid_mode, with_student=student is not None),
             gate_reviews=metadata.get("gate_reviews"),
             student_tag=student,
         )
+
+    @property
+    def tags(self) -> dict[Tier, str]:
+        """The store model that answers each transformer tier of this export's cascade."""
+        return {"teacher": self.tag} | ({"student": self.student_tag} if self.student_tag else {})
 
 
 def current_tag(tag: str) -> str:
@@ -68,4 +73,4 @@ def runtime_of(tag: str, workers: int | None = None):
     from serving.core.selfcheck import SelfCheckLimits, load_classifier
 
     stored = bentoml.models.get(tag)
-    return load_classifier(stored.path, SelfCheckLimits(**stored.info.metadata["selfcheck"]), workers=workers)[0]
+    return load_classifier(stored.path, SelfCheckLimits.of(stored), workers=workers)[0]
