@@ -18,7 +18,9 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 REGISTER = $(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
 # Work that may run beside a serving service yields the CPU to it: a lower priority (nothing lost on an idle machine)
-YIELDING = nice -n 10
+# and half the cores for PyTorch, MKL and the tokenizers (loadtests/beside.py starts its export the same way)
+HALF_CPUS := $(shell echo $$(( ($$(nproc) + 1) / 2 )))
+YIELDING = nice -n 10 env OMP_NUM_THREADS=$(HALF_CPUS) MKL_NUM_THREADS=$(HALF_CPUS) RAYON_NUM_THREADS=$(HALF_CPUS)
 EXPORT = $(YIELDING) $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) report=$(EXPORT_REPORT) \
 	work_dir=$(BUILD_DIR)/onnx
 # the parity report of an export that make runs for you (the committed one in reports/export/ is make export's)
@@ -114,7 +116,7 @@ build: model
 containerize: build  ## bentoml containerize (podman/buildah here, docker elsewhere)
 	IMAGE_TAG=$(IMAGE_TAG) ./.ci/containerize.sh
 
-test-container: containerize  ## run the image: health, predictions, errors, size, start time
+test-container: containerize  ## run the image as the Kubernetes manifest does: answers, errors, size, start time, peak memory
 	$(PYTHON) -m pytest -m container tests/test_container.py
 
 test-compose: containerize  ## the Compose stack for real (offline: STANDINS=1 COMPOSE_SERVICES="classifier mlflow prometheus")

@@ -31,7 +31,7 @@ DRILL_MODEL = "reload-drill"
 @dataclass
 class ReloadConfig:
     swaps: int = 12
-    every_s: float = 8.0  # between swaps: one window each
+    every_s: float = 12.0  # between swaps: one window each, longer than a request's deadline (the old export retired)
     quiet_s: float = 60.0
     clients: int = 2
     port: int = 3012
@@ -43,7 +43,10 @@ def drill_versions() -> tuple[Path, list[str]]:
     import bentoml
 
     release = bentoml.models.get(SETTINGS.bento_model_tag)
-    made = [str(model.tag.version) for model in bentoml.models.list(DRILL_MODEL)]
+    try:
+        made = [str(model.tag.version) for model in bentoml.models.list(DRILL_MODEL)]
+    except bentoml.exceptions.NotFound:
+        made = []
     for _ in range(2 - len(made)):
         with bentoml.models.create(DRILL_MODEL, metadata=release.info.metadata) as copy:
             shutil.copytree(release.path, copy.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.yaml"))

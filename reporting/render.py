@@ -147,6 +147,11 @@ def container_section(container: dict | None) -> str:
             f"; fp32 answers until it is warm at {container['start_to_warm_s']:.1f} s (the int8 self-check on this "
             "CPU done, the explainer and the web UI built)"
         )
+    if "peak_memory_mb" in container:
+        summary += (
+            f"; peak memory {container['peak_memory_mb']:.0f} MB after a mixed load and `/explain`, run as the "
+            "Kubernetes manifest runs it (its user, read-only root, CPU limit), whose memory limit stays above it"
+        )
     summary += "."
     contents = container.get("contents")
     if not contents:
@@ -197,6 +202,32 @@ def soak_section(soak: dict | None) -> str:
         f"minute {min(p95):.0f}-{max(p95):.0f} ms, resident memory growth {growth} (`{soak['cpu']}`). "
         "[SOAK](soak/SOAK.md)."
     )
+
+
+def drills_section(reload: dict | None, beside: dict | None) -> str:
+    """The reload drill (exports swapped under a mixed load) and the beside drill (a load beside an export)."""
+    parts = []
+    if reload:
+        quiet, swaps, refusals = reload["quiet"], reload["swaps"], reload["refusal_rate"]
+        parts.append(
+            f"Reload: {len(swaps)} swaps between two exports under {reload['config']['clients']} clients of a mixed "
+            f"load: refusal rate {refusals['swaps']:.2%} (quiet minute {refusals['quiet']:.2%}), "
+            f"slowest answer {reload['slowest_ms_in_swaps']:.0f} ms (quiet minute {quiet['slowest_ms']:.0f} ms), "
+            f"each worker's highest memory after the first swap, as a share of it then: "
+            f"{reload['rss_growth_after_first_swap']}; bounds held: "
+            f"{reload['holds']} (`{reload['cpu']}`). [RELOAD](reload/RELOAD.md)."
+        )
+    else:
+        parts.append(_missing("make reload-drill"))
+    if beside:
+        rows = "; ".join(
+            f"{phase}: {p['refused'] / max(p['answers'], 1):.2%} refused, p95 {p['p95_ms']:.0f} ms"
+            for phase, p in beside["phases"].items()
+        )
+        parts.append(f"Beside an export: {rows} (`{beside['cpu']}`). [BESIDE](beside/BESIDE.md).")
+    else:
+        parts.append(_missing("make beside-drill"))
+    return "\n\n".join(parts)
 
 
 def scoring_section(scoring: dict | None, benchmark: dict | None) -> str:
@@ -316,6 +347,7 @@ def main() -> None:
         benchmark=benchmark_section(benchmark),
         loadtest=loadtest_section(loadtest),
         soak=soak_section(soak),
+        drills=drills_section(_load(REPORTS / "reload" / "reload.json"), _load(REPORTS / "beside" / "beside.json")),
         container=container_section(container),
         compose=compose_section(compose),
         scoring=scoring_section(scoring, benchmark),

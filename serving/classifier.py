@@ -10,6 +10,7 @@ the one it chose, checked in the background so that start does not wait for it (
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ import bentoml
 from pydantic import BaseModel
 
 from serving.ab import CHALLENGER, CHAMPION, Arm
+from serving.core.runtime import release_memory
 from serving.core.selfcheck import CheckedModel, StoredModel
 from serving.exports import student_tag
 from serving.settings import SETTINGS
@@ -158,7 +160,9 @@ class OnnxClassifier:
         with self.loading:
             if tag not in self.serving.values():
                 self.versions.pop(tag, None)
-            return sorted(self.versions)
+            kept = sorted(self.versions)
+        await asyncio.to_thread(release_memory)
+        return kept
 
     @bentoml.api
     async def status(self) -> dict:  # async: answered on the event loop, never queued behind `classify`

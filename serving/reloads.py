@@ -9,7 +9,8 @@ two phases, so that every answer comes from one export and says which:
 
 Any failure before the switch leaves the old export serving whole; `/health` names the export that failed and why,
 and it is tried again after a delay that doubles each time. The classifier keeps the old export until every request
-that could still name it is past its deadline, then retires it.
+that could still name it is past its deadline, then retires it (meanwhile the watch goes on), and both workers give
+the memory of its sessions back to the system.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import bentoml
 
 from serving.ab import CHAMPION, Arm
+from serving.core.runtime import release_memory
 from serving.explain import Explanations
 from serving.exports import ServedExport, current_tag
 from serving.inference import Inference
@@ -34,6 +36,7 @@ class Reloads:
         self.core, self.explanations, self.hybrid_mode = core, explanations, hybrid_mode
         self.classifier, self.telemetry = core.classifier, core.telemetry
         self.failed: dict[Arm, dict] = {}  # per arm, its latest failed export (one entry each: bounded)
+        self.retiring: set[asyncio.Task] = set()  # held: the event loop keeps only weak references
 
     async def watch(self, wanted: dict[Arm, str], every_s: float) -> None:
         """Forever: each arm's export follows the store tag `wanted` names for it."""
@@ -92,8 +95,15 @@ class Reloads:
             self.explanations.use(explainer)
         self.core.use(export)
         log.warning("the %s is now %s (%s)", arm, tag, export.registry_version)
-        await asyncio.sleep(self.classifier.deadline_s)  # the requests that chose the old export are answered
-        await self.classifier.retire(old.tag)
+        retiring = asyncio.create_task(self.retire(old.tag))  # the watch goes on meanwhile
+        self.retiring.add(retiring)
+        retiring.add_done_callback(self.retiring.discard)
+
+    async def retire(self, tag: str) -> None:
+        """The old export unloaded once the requests that chose it are answered, and its memory given back."""
+        await asyncio.sleep(self.classifier.deadline_s)
+        await self.classifier.retire(tag)
+        await asyncio.to_thread(release_memory)
 
     def describe(self) -> dict:
         """Per arm whose latest export failed to load: which, why, the tries, and when it is tried again."""

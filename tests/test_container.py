@@ -137,7 +137,7 @@ def test_container_serves_and_reports(container):
     assert f"uid={spec['securityContext']['runAsUser']}(" in image_user, image_user
     assert f"gid={spec['securityContext']['runAsGroup']}(" in image_user, image_user
     assert engine("exec", container["id"], "id", "-u") != "0"  # non-root
-    threads = int(engine("exec", container["id"], "python", "-c", CPUS))
+    threads = int(engine("exec", "-w", "/home/bentoml/bento/src", container["id"], "python", "-c", CPUS))
     assert threads <= int(float(shipped["resources"]["limits"]["cpu"]))  # the CPU limit, not the host's cores
     assert engine("exec", container["id"], "sh", "-c", "touch /home/bentoml/x 2>&1 || echo read-only").endswith(
         "read-only"

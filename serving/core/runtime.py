@@ -29,6 +29,20 @@ if TYPE_CHECKING:
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "classifier.json"
 
 
+def release_memory() -> None:
+    """Give the memory of unloaded ONNX sessions back to the system: collect what cycles hold, then ask glibc to trim
+    its heap (freed arena blocks otherwise stay with the process, and each swapped-in export would add its own)."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    if libc := ctypes.util.find_library("c"):
+        with contextlib.suppress(AttributeError):  # not glibc: nothing to trim
+            ctypes.CDLL(libc).malloc_trim(0)
+
+
 def cpu_flags() -> str:
     """The instruction-set extensions that decide which int8 kernels ONNX Runtime runs (printed beside numbers)."""
     cpuinfo = Path("/proc/cpuinfo")
