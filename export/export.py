@@ -72,11 +72,11 @@ class ExportConfig:
     first_gate_samples: int = 500  # --fp32-first: the fp32 file served at once is gated on these (a broken export
     # shows on any few; the full export beside the service gates it on all)
     reference_spot_check: int = 64  # reviews on which PyTorch here must reproduce the stored reference
-    reference_tolerance: float = 1e-4  # max |dp| allowed there (PyTorch fp32 on another CPU or batch: ~1e-6)
+    reference_tolerance: float = 1e-4  # max |dp| allowed there (PyTorch fp32 on another CPU or batch: far less)
     timing_samples: int = 200
     timing_rounds: int = 3  # interleaved passes over the timing reviews; ms/review is their median
     rescore_step: float = 0.05  # rescoring margins are multiples of it
-    golden_size: int = 64  # the service re-scores these at start (sized for a start within 5 s)
+    golden_size: int = 64  # the service re-scores these at start (sized for a start within seconds)
     profile_texts: int = 1000  # validation reviews behind the drift reference profile (0: none)
     selfcheck: SelfCheckLimits = field(default_factory=SelfCheckLimits)
     work_dir: str = "build/onnx"
