@@ -18,7 +18,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export TOKENIZERS_PARALLELISM ?= true
 REGISTER = $(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
 # Work that may run beside a serving service yields the CPU to it: a lower priority (nothing lost on an idle machine)
-# and half the cores for PyTorch, MKL and the tokenizers (loadtests/beside.py starts its export the same way)
+# and half the CPUs, rounded up, for PyTorch, MKL and the tokenizers (export.export.yielding does the same)
 HALF_CPUS := $(shell echo $$(( ($$(nproc) + 1) / 2 )))
 YIELDING = nice -n 10 env OMP_NUM_THREADS=$(HALF_CPUS) MKL_NUM_THREADS=$(HALF_CPUS) RAYON_NUM_THREADS=$(HALF_CPUS)
 EXPORT = $(YIELDING) $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) report=$(EXPORT_REPORT) \

@@ -78,7 +78,7 @@ class SentimentAPI:
         """Classify 1 to `max_batch_texts` reviews; predictions come back in input order."""
         return BatchPrediction.of(await self.answer(texts, mode, ctx))
 
-    async def answer(self, texts: list[str], mode: Mode | None, ctx: bentoml.Context) -> list:
+    async def answer(self, texts: list[str], mode: Mode | None, ctx: bentoml.Context) -> list[Prediction]:
         """The core's answer to this request: its sticky A/B key is `x-user-id` (else the request id)."""
         request_id = errors.request_id(ctx.request.scope)
         caller = Caller(request_id, ctx.request.headers.get("x-user-id") or request_id, ctx.request.url.path)

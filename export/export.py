@@ -51,7 +51,7 @@ from serving.core.selfcheck import (
     save_golden,
     save_int8_files,
 )
-from serving.settings import BENTO_MODEL
+from serving.settings import BENTO_MODEL, available_cpus
 from training.config import command_line
 from training.registry import setup_tracking
 
@@ -159,6 +159,14 @@ NICENESS = 10  # the export beside the service yields the CPU to it
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")  # PyTorch, MKL, the tokenizers
 
 
+def yielding(command: list[str]) -> list[str]:
+    """`command` as work beside a serving service runs, so that the service comes first: at a lower priority from
+    exec on (imports included), with half the CPUs this may use (rounded up) for PyTorch, MKL and the tokenizers. The
+    Makefile's `YIELDING` is the same for `make export` and `make retrain`."""
+    half = str(max(1, (available_cpus() + 1) // 2))
+    return ["nice", "-n", str(NICENESS), "env", *(f"{name}={half}" for name in THREAD_VARIABLES), *command]
+
+
 @dataclass
 class Beside:
     """The full export `--fp32-first` starts beside the service (`python -m export.beside`), known by its files: the
@@ -184,12 +192,10 @@ class Beside:
         their own thread counts, so the gate still times each file as the service runs it."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.config.write_text(yaml.safe_dump(asdict(export), sort_keys=False))
-        threads = str(max(1, (os.cpu_count() or 1) // 2))
-        env = os.environ | dict.fromkeys(THREAD_VARIABLES, threads)
-        # `nice` from exec on, imports included (a preexec_fn is unsafe in this process: its threads still run)
-        command = ["nice", "-n", str(NICENESS), sys.executable, "-m", "export.beside", "--config", str(self.config)]
+        # niced by `nice` from exec on (a preexec_fn is unsafe in this process: its threads still run)
+        command = yielding([sys.executable, "-m", "export.beside", "--config", str(self.config)])
         with self.log.open("w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid_file.write_text(str(process.pid))
         print(f"the int8 files are gated beside the service (pid {process.pid}, log {self.log}); it switches to them")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def bentoml_serve(port: int) -> list[str]:
 
 class MixedLoad:
     """Closed-loop clients: one review to /predict (8 of 9) or 2 to 8 to /predict_batch, then 10 to 50 ms of thought;
-    every answer as (finished at, seconds, status)."""
+    every answer as (finished at, seconds, status; 0 for a request that failed without one)."""
 
     def __init__(self, url: str, clients: int):
         self.url, self.answers, self.stop = url, [], threading.Event()
@@ -92,19 +93,25 @@ class MixedLoad:
             while not self.stop.is_set():
                 started = time.perf_counter()
                 if rng.random() < 1 / 9:
-                    body = {"texts": rng.sample(self.reviews, rng.randint(2, 8))}
-                    status = session.post(f"{self.url}/predict_batch", json=body, timeout=60).status_code
+                    path, body = "/predict_batch", {"texts": rng.sample(self.reviews, rng.randint(2, 8))}
                 else:
-                    status = session.post(f"{self.url}/predict", json={"text": rng.choice(self.reviews)}).status_code
-                self.answers.append((time.perf_counter(), time.perf_counter() - started, status))
+                    path, body = "/predict", {"text": rng.choice(self.reviews)}
+                try:
+                    status = session.post(f"{self.url}{path}", json=body, timeout=60).status_code
+                except requests.RequestException:  # a reset or a timeout is a failed answer, not a stopped client
+                    status = 0
+                finished = time.perf_counter()
+                self.answers.append((finished, finished - started, status))
                 time.sleep(rng.uniform(0.01, 0.05))
 
     def between(self, start: float, end: float) -> dict:
         window = [(seconds, status) for at, seconds, status in self.answers if start <= at < end]
+        refused = sum(1 for _, status in window if status != 200)
         return {
             "answers": len(window),
-            "refused": sum(1 for _, status in window if status != 200),
-            "p95_ms": round(1000 * float(np.percentile([s for s, _ in window], 95)), 1) if window else None,
+            "refused": refused,
+            "refusal_rate": refused / max(len(window), 1),
+            "p95_ms": round(1000 * float(np.percentile([s for s, _ in window], 95)), 1) if window else 0.0,
             "slowest_ms": round(1000 * max((s for s, _ in window), default=0.0), 1),
         }
 
@@ -117,3 +124,14 @@ class MixedLoad:
         self.stop.set()
         for thread in self.threads:
             thread.join(60)
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of the server and its workers, by command-line role."""
+    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    result = {}
+    for p in processes:
+        cmdline = " ".join(p.cmdline())
+        role = next((name for name in ("onnx-classifier", "sentiment-api") if name in cmdline), "arbiter")
+        result[role] = result.get(role, 0.0) + p.memory_info().rss / 2**20
+    return result

@@ -1,6 +1,6 @@
 """Reload drill: exports swapped in under a mixed load, as promotions and rollbacks move the store's tag.
 
-    python -m loadtests.reload [swaps=12] [every_s=8] [quiet_s=60]   (make reload-drill)
+    python -m loadtests.reload [swaps=12] [every_s=12] [quiet_s=60]   (make reload-drill)
 
 Two versions of the release's export under a drill name of their own (copies in the store: the release's own tag is
 left alone), served with `MODEL_POLL_S=1`. Two clients send real reviews, single and batch, with a short think time:
@@ -17,10 +17,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
 import requests
 
-from loadtests.common import ROOT, MixedLoad, bentoml_serve, running
+from loadtests.common import ROOT, MixedLoad, bentoml_serve, rss_mb, running
 from serving.core.runtime import cpu_flags
 from serving.settings import SETTINGS
 from training.config import command_line
@@ -54,17 +53,6 @@ def drill_versions() -> tuple[Path, list[str]]:
     return Path(bentoml.models.get(f"{DRILL_MODEL}:{made[0]}").path).parent, made[:2]
 
 
-def worker_rss_mb(server_pid: int) -> dict[str, float]:
-    """Each BentoML worker's resident memory (the API worker and the classifier), by its service name."""
-    rss = {}
-    for child in psutil.Process(server_pid).children(recursive=True):
-        command = " ".join(child.cmdline())
-        for service in ("sentiment-api", "onnx-classifier"):
-            if service in command:
-                rss[service] = round(child.memory_info().rss / 2**20, 1)
-    return rss
-
-
 def main() -> None:
     config, _ = command_line(ReloadConfig, __doc__)
     folder, versions = drill_versions()
@@ -74,7 +62,7 @@ def main() -> None:
     with running(bentoml_serve(config.port), f"{url}/health", env) as server, MixedLoad(url, config.clients) as load:
         quiet_start = time.perf_counter()
         time.sleep(config.quiet_s)
-        quiet = load.between(quiet_start, time.perf_counter()) | {"rss_mb": worker_rss_mb(server.pid)}
+        quiet = load.between(quiet_start, time.perf_counter()) | {"rss_mb": rss_mb(server.pid)}
         swaps = []
         for n in range(config.swaps):
             tag = versions[(n + 1) % 2]
@@ -84,7 +72,7 @@ def main() -> None:
             health = requests.get(f"{url}/health", timeout=10).json()
             window = load.between(start, time.perf_counter())
             served = health["model"] == f"{DRILL_MODEL}:{tag}"
-            swaps.append(window | {"to": tag, "served": served, "rss_mb": worker_rss_mb(server.pid)})
+            swaps.append(window | {"to": tag, "served": served, "rss_mb": rss_mb(server.pid)})
     report = {"cpu": cpu_flags(), "config": asdict(config), "quiet": quiet, "swaps": swaps, **verdict(quiet, swaps)}
     out = ROOT / config.report
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +86,7 @@ def verdict(quiet: dict, swaps: list[dict]) -> dict:
     did not have (per answer), and each worker's memory flat after the first swap (within a tenth)."""
     slowest = max(s["slowest_ms"] for s in swaps)
     refusal_rate = sum(s["refused"] for s in swaps) / max(sum(s["answers"] for s in swaps), 1)
-    quiet_rate = quiet["refused"] / max(quiet["answers"], 1)
+    quiet_rate = quiet["refusal_rate"]
     growth = {
         service: max(s["rss_mb"][service] for s in swaps[1:]) / swaps[0]["rss_mb"][service]
         for service in swaps[0]["rss_mb"]
@@ -112,6 +100,7 @@ def verdict(quiet: dict, swaps: list[dict]) -> dict:
             "refusals": refusal_rate <= quiet_rate,
             "memory": all(ratio <= 1.1 for ratio in growth.values()),
             "every_swap_served": all(s["served"] for s in swaps),
+            "answers_in_every_window": all(w["answers"] > 0 for w in [quiet, *swaps]),
         },
     }
 

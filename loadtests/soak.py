@@ -18,25 +18,13 @@ import time
 
 import aiohttp
 import numpy as np
-import psutil
 
-from loadtests.common import ROOT, bentoml_serve, running, sample_reviews
+from loadtests.common import ROOT, bentoml_serve, rss_mb, running, sample_reviews
 from serving.core.runtime import cpu_flags
 
 OUT = ROOT / "reports" / "soak"
 PORT = 3320
 TARGET_P95_MS = 100.0
-
-
-def rss_mb(pid: int) -> dict[str, float]:
-    """Resident memory of the server and its workers, by command-line role."""
-    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    result = {}
-    for p in processes:
-        cmdline = " ".join(p.cmdline())
-        role = next((name for name in ("onnx-classifier", "sentiment-api") if name in cmdline), "arbiter")
-        result[role] = result.get(role, 0.0) + p.memory_info().rss / 2**20
-    return result
 
 
 async def open_loop(url: str, texts: list[str], rate: float, seconds: float) -> list[tuple[float, float, int]]:

@@ -117,9 +117,9 @@ def bug_response(error: Exception, scope: Scope) -> JSONResponse:
     return error_response(500, message)
 
 
-def documented(spec: dict, guarded: list[str]) -> dict:
+def documented(spec: dict, guarded: list[str], read_by_get: str) -> dict:
     """BentoML's OpenAPI document with the answers these APIs really give: every error status in `ErrorBody`'s
-    shape, and for the `guarded` routes (API keys on) the bearer scheme and its 401."""
+    shape, for the `guarded` routes (API keys on) the bearer scheme and its 401, and the GET of `read_by_get`."""
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for model in (ErrorBody, ErrorDetail):
         schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -138,9 +138,9 @@ def documented(spec: dict, guarded: list[str]) -> dict:
         item["post"]["requestBody"]["required"] = bool(
             item["post"]["requestBody"]["content"]["application/json"]["schema"].get("required")
         )
-    health = spec["paths"]["/health"]["post"]  # also read with GET (probes, browsers)
-    spec["paths"]["/health"]["get"] = {key: value for key, value in health.items() if key != "requestBody"} | {
-        "operationId": f"{health['operationId']}_get"
+    read = spec["paths"][read_by_get]["post"]  # also read with GET (probes, browsers)
+    spec["paths"][read_by_get]["get"] = {key: value for key, value in read.items() if key != "requestBody"} | {
+        "operationId": f"{read['operationId']}_get"
     }
     if guarded:
         schemes = spec["components"].setdefault("securitySchemes", {})

@@ -176,7 +176,7 @@ class Intake:
         if self.openapi is None:
             spec = self.service.openapi_spec.asdict()
             spec["info"] |= self.info
-            self.openapi = documented(spec, self.guarded)
+            self.openapi = documented(spec, self.guarded, READ_BY_GET)
         return self.openapi
 
     async def _body(self, receive: Receive) -> list[Message] | None:
