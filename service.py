@@ -21,6 +21,7 @@ from serving.admission import Door, StandingQueue, Streams
 from serving.classifier import CHALLENGER_MODEL, MODEL, OnnxClassifier
 from serving.classifier_client import ClassifierClient
 from serving.core.hybrid import Mode
+from serving.core.runtime import freeze_startup_objects
 from serving.deferred import DeferredApp
 from serving.explain import Explanation, Explanations
 from serving.exports import ServedExport
@@ -110,16 +111,24 @@ class SentimentAPI:
 
     @bentoml.on_startup
     async def start_background(self) -> None:
-        """The first explainer (once the classifier has chosen its file), the drift monitor, the event loop's lag,
-        the watch on the store (unless MODEL_POLL_S=0) and the web UI."""
+        """The first explainer (once the classifier has chosen its file), the web UI, the drift monitor, the event
+        loop's lag, the watch on the store (unless MODEL_POLL_S=0), and the start's objects frozen once built."""
         telemetry = self.core.telemetry
         self.background = set()  # the tasks, held: the event loop keeps only weak references
         self.explanations.load_in_background(self.first_explained())
-        for job in (telemetry.watch_drift(), DOOR.watch_loop(telemetry.loop_lag), UI.build(build_ui)):
+        ui = asyncio.create_task(UI.build(build_ui))
+        for job in (telemetry.watch_drift(), DOOR.watch_loop(telemetry.loop_lag), self.started(ui)):
             self.background.add(asyncio.create_task(job))
+        self.background.add(ui)
         if SETTINGS.model_poll_s > 0:
             wanted = {CHAMPION: SETTINGS.bento_model_tag, CHALLENGER: SETTINGS.challenger_model_tag}
             self.background.add(asyncio.create_task(self.reloads.watch(wanted, SETTINGS.model_poll_s)))
+
+    async def started(self, ui: asyncio.Task) -> None:
+        """Once the first explainer and the web UI are built, what the start made is frozen out of the garbage
+        collector's scans (`freeze_startup_objects`)."""
+        await asyncio.wait([self.explanations.explainer, ui])
+        freeze_startup_objects()
 
     async def first_explained(self) -> tuple[ServedExport, str | None]:
         """The champion and the file its classifier serves (an int8 recipe or fp32), final once its check is."""

@@ -41,7 +41,7 @@ from export.quantize import DEFAULTS
 from export.served import is_registered, register_served, served_name
 from export.store import import_to_bentoml, in_store, reference_profile
 from serving.core.drift import PROFILE_FILE, save_profile
-from serving.core.runtime import OnnxTextClassifier, cpu_flags
+from serving.core.runtime import YIELDING_NICENESS, OnnxTextClassifier, cpu_flags
 from serving.core.selfcheck import (
     FP32_FILE,
     GOLDEN_FILE,
@@ -155,7 +155,6 @@ def run(export: ExportConfig, int8_pending: str | None = None) -> bentoml.Model:
     return bento_model
 
 
-NICENESS = 10  # the export beside the service yields the CPU to it
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")  # PyTorch, MKL, the tokenizers
 
 
@@ -164,7 +163,7 @@ def yielding(command: list[str]) -> list[str]:
     exec on (imports included), with half the CPUs this may use (rounded up) for PyTorch, MKL and the tokenizers. The
     Makefile's `YIELDING` is the same for `make export` and `make retrain`."""
     half = str(max(1, (available_cpus() + 1) // 2))
-    return ["nice", "-n", str(NICENESS), "env", *(f"{name}={half}" for name in THREAD_VARIABLES), *command]
+    return ["nice", "-n", str(YIELDING_NICENESS), "env", *(f"{name}={half}" for name in THREAD_VARIABLES), *command]
 
 
 @dataclass

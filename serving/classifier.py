@@ -20,7 +20,7 @@ import bentoml
 from pydantic import BaseModel
 
 from serving.ab import CHALLENGER, CHAMPION, Arm
-from serving.core.runtime import release_memory
+from serving.core.runtime import freeze_startup_objects, release_memory
 from serving.core.selfcheck import CheckedModel, StoredModel
 from serving.exports import student_tag
 from serving.settings import SETTINGS
@@ -105,6 +105,7 @@ class OnnxClassifier:
                 if tag in self.versions:  # not retired meanwhile
                     self.versions[tag] = checked
             self.publish()
+        freeze_startup_objects()  # started: every file this worker serves is chosen
 
     def serve(self, arm: Arm, model: CheckedModel) -> None:
         """`model` loaded beside the versions already there, and served as `arm` from now on."""
@@ -144,9 +145,12 @@ class OnnxClassifier:
         ]
 
     @bentoml.api
-    def load(self, tag: str) -> dict:  # sync: loads in a worker thread while batches keep running
-        """The store's model `tag` loaded (and self-checked) beside the exports loaded; no arm serves it yet."""
-        return self.version(tag).describe()
+    async def load(self, tag: str) -> dict:
+        """The store's model `tag` loaded (and self-checked) beside the exports loaded; no arm serves it yet. In a
+        thread of its own: BentoML runs this service's sync APIs one at a time (its `threads`, 1), so a sync `load`
+        would hold every `classify` batch until it is done. At the worker's own priority, unlike the API side's build:
+        the sessions made here keep their threads' priority, and they serve afterwards."""
+        return (await asyncio.to_thread(self.version, tag)).describe()
 
     @bentoml.api
     async def switch(self, arm: str, tag: str) -> dict:
@@ -157,11 +161,15 @@ class OnnxClassifier:
     @bentoml.api
     async def retire(self, tag: str) -> list[str]:
         """Unload version `tag` once no request names it any more (unless an arm serves it); the versions kept."""
+        return await asyncio.to_thread(self.unload, tag)
+
+    def unload(self, tag: str) -> list[str]:
+        """In a thread: freeing a version's sessions (hundreds of MB, their threads joined) holds the GIL a while."""
         with self.loading:
-            if tag not in self.serving.values():
-                self.versions.pop(tag, None)
+            unloaded = self.versions.pop(tag, None) if tag not in self.serving.values() else None
             kept = sorted(self.versions)
-        await asyncio.to_thread(release_memory)
+        del unloaded  # the last reference: its sessions are freed here
+        release_memory()
         return kept
 
     @bentoml.api

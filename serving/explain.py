@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from serving.core.hybrid import TRANSFORMER_ONLY, HybridPolicy
+from serving.core.runtime import yielding_threads
 from serving.core.selfcheck import served_runtime
 from serving.core.text import visible_text
 from serving.errors import ApiError
@@ -111,23 +112,25 @@ class Explainer:
 class Explanations:
     """The API worker's explainer, for the champion: built in the background (SHAP compiles its kernels on first use:
     seconds, and readiness must not wait for it), replaced whole when a new champion is swapped in (the old one
-    answers meanwhile), and behind its own concurrency limit, so explanations never queue in the predict path."""
+    answers meanwhile), and behind its own concurrency limit, so explanations never queue in the predict path. Built
+    and run on threads of a lower CPU priority (theirs and their ONNX sessions'): they never take a core from an
+    answer."""
 
     def __init__(self, workers: int, max_in_flight: int, max_evals: int):
         self.workers, self.max_in_flight, self.max_evals = workers, max_in_flight, max_evals
         self.explaining = 0
         self.explainer: asyncio.Future[Explainer] | None = None  # until `load_in_background`
+        self.threads = yielding_threads("explain", max_in_flight + 1)  # one more: a build beside the explanations
 
-    def build(self, export: ServedExport, recipe: str | None) -> Explainer:
-        """Blocking (seconds): run it in a thread."""
-        return Explainer(export, recipe, self.workers)
+    async def build(self, export: ServedExport, recipe: str | None) -> Explainer:
+        """An explainer for `export`, serving the file `recipe` names (seconds, on the yielding threads)."""
+        return await asyncio.get_running_loop().run_in_executor(self.threads, Explainer, export, recipe, self.workers)
 
     def load_in_background(self, first: Awaitable[tuple[ServedExport, str | None]]) -> None:
         """The first explainer, for the export and file `first` names once the classifier has chosen its file."""
 
         async def load() -> Explainer:
-            export, recipe = await first
-            return await asyncio.to_thread(self.build, export, recipe)
+            return await self.build(*await first)
 
         self.explainer = asyncio.ensure_future(load())
 
@@ -152,6 +155,7 @@ class Explanations:
         self.explaining += 1
         try:
             explainer = self.explainer.result()  # type: ignore[union-attr]  (ready: checked above)
-            return await asyncio.to_thread(explainer.explain, text, policy, self.max_evals)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.threads, explainer.explain, text, policy, self.max_evals)
         finally:
             self.explaining -= 1

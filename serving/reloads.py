@@ -3,8 +3,9 @@ moves when `make retrain` promotes a champion, or a rollback moves it back), and
 two phases, so that every answer comes from one export and says which:
 
 1. Built beside the old one, off the event loop: the API side whole (lexical model, policy, labels, registry version,
-   and for the champion its drift profile), then the classifier's files, loaded and self-checked (a verdict already
-   reached on this CPU is kept, not measured again), then for the champion its explainer.
+   and for the champion its drift profile) on a thread of lower CPU priority, then the classifier's files, loaded and
+   self-checked beside its batches, not in their way (a verdict already reached on this CPU is kept, not
+   measured again), then for the champion its explainer (lower priority too: `explain.Explanations`).
 2. Switched in one step: the classifier's arm, then the inference core's export (`Inference.use`).
 
 Any failure before the switch leaves the old export serving whole; `/health` names the export that failed and why,
@@ -22,7 +23,7 @@ import time
 import bentoml
 
 from serving.ab import CHAMPION, Arm
-from serving.core.runtime import release_memory
+from serving.core.runtime import release_memory, yielding_threads
 from serving.explain import Explanations
 from serving.exports import ServedExport, current_tag
 from serving.inference import Inference
@@ -37,6 +38,7 @@ class Reloads:
         self.classifier, self.telemetry = core.classifier, core.telemetry
         self.failed: dict[Arm, dict] = {}  # per arm, its latest failed export (one entry each: bounded)
         self.retiring: set[asyncio.Task] = set()  # held: the event loop keeps only weak references
+        self.threads = yielding_threads("reload", 1)  # the API side's build, below the answers' priority
 
     async def watch(self, wanted: dict[Arm, str], every_s: float) -> None:
         """Forever: each arm's export follows the store tag `wanted` names for it."""
@@ -78,14 +80,17 @@ class Reloads:
 
     async def reload(self, arm: Arm, tag: str) -> None:
         old = self.core.exports[arm]
-        model = await asyncio.to_thread(bentoml.models.get, tag)
-        export = await asyncio.to_thread(ServedExport.of, arm, model, self.hybrid_mode)
-        profile = await asyncio.to_thread(self.telemetry.profile_of, model.path) if arm == CHAMPION else None
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(self.threads, bentoml.models.get, tag)
+        export = await loop.run_in_executor(self.threads, ServedExport.of, arm, model, self.hybrid_mode)
+        profile = None
+        if arm == CHAMPION:
+            profile = await loop.run_in_executor(self.threads, self.telemetry.profile_of, model.path)
         try:
             checked = await self.classifier.load(tag)
             explainer = None
             if arm == CHAMPION:
-                explainer = await asyncio.to_thread(self.explanations.build, export, checked["recipe"])
+                explainer = await self.explanations.build(export, checked["recipe"])
         except Exception:
             await self.classifier.retire(tag)  # loaded beside the old one, never served
             raise

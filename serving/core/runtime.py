@@ -29,9 +29,21 @@ if TYPE_CHECKING:
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "classifier.json"
 
 
+def freeze_startup_objects() -> None:
+    """Hide what a worker made while starting (its imports, models, the web UI: hundreds of thousands of objects)
+    from the garbage collector for good: a full collection, Python's own under load or `release_memory`'s after a
+    reload, then scans only what came since, instead of holding the GIL (and so the event loop or the batches) for
+    the quarter of a second a full scan takes. Frozen objects are still freed when no reference is left."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def release_memory() -> None:
-    """Give the memory of unloaded ONNX sessions back to the system: collect what cycles hold, then ask glibc to trim
-    its heap (freed arena blocks otherwise stay with the process, and each swapped-in export would add its own)."""
+    """Give the memory of unloaded ONNX sessions back to the system: collect what cycles hold (cheap once the start's
+    objects are frozen: `freeze_startup_objects`), then ask glibc to trim its heap (freed arena blocks otherwise stay
+    with the process, and each swapped-in export would add its own)."""
     import contextlib
     import ctypes
     import ctypes.util
@@ -41,6 +53,25 @@ def release_memory() -> None:
     if libc := ctypes.util.find_library("c"):
         with contextlib.suppress(AttributeError):  # not glibc: nothing to trim
             ctypes.CDLL(libc).malloc_trim(0)
+
+
+YIELDING_NICENESS = 10  # the CPU priority of work beside the answers: in a worker, and an export beside it
+
+
+def yielding_threads(name: str, threads: int) -> ThreadPoolExecutor:
+    """Threads at a lower CPU priority, for work that must leave the cores to the answers (an explainer, a reload's
+    build). Every thread they start, ONNX Runtime's own included, keeps that priority, and a worker cannot raise it
+    again (RLIMIT_NICE): give them only work whose threads serve nothing else."""
+    return ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=_yield_this_thread)
+
+
+def _yield_this_thread() -> None:
+    import contextlib
+    import threading
+
+    with contextlib.suppress(AttributeError, OSError):  # Linux: per thread; elsewhere it would renice the process
+        if platform.system() == "Linux":
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), YIELDING_NICENESS)
 
 
 def cpu_flags() -> str:
