@@ -21,7 +21,7 @@ from serving.admission import Door, StandingQueue, Streams
 from serving.classifier import CHALLENGER_MODEL, MODEL, OnnxClassifier
 from serving.classifier_client import ClassifierClient
 from serving.core.hybrid import Mode
-from serving.core.runtime import freeze_startup_objects
+from serving.core.runtime import cap_malloc_arenas, freeze_startup_objects
 from serving.deferred import DeferredApp
 from serving.explain import Explanation, Explanations
 from serving.exports import ServedExport
@@ -43,6 +43,7 @@ IMAGE = (
     .run("rm -rf /root/.cache /usr/local/bin/uv /usr/local/bin/uvx")
     .run("cd /home/bentoml && mkdir -p bentos models envs tmp && chown -R bentoml:bentoml bentos models envs tmp")
 )
+cap_malloc_arenas()  # in each worker before its threads start: memory flat across reloads
 SERVED = bentoml.models.get(SETTINGS.bento_model_tag).info.metadata  # the OpenAPI document names what is served
 DOOR = Door(SETTINGS.max_loop_lag_ms, SETTINGS.max_concurrency, SETTINGS.queue_interval_ms)  # the worker behind
 STREAMS = Streams(SETTINGS.ui_max_connections, SETTINGS.ui_max_per_client)  # the web UI's connections, apart

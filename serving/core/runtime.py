@@ -40,6 +40,22 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def cap_malloc_arenas(arenas: int = 2) -> None:
+    """At most `arenas` glibc heaps in this process (as MALLOC_ARENA_MAX does). glibc's default, up to eight per
+    core, lets each reload's new sessions and threads spread over more heaps, where memory freed by another thread
+    stays: a worker's memory then climbs swap after swap (`make reload-drill` measures it)."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    if libc := ctypes.util.find_library("c"):
+        with contextlib.suppress(AttributeError):  # not glibc
+            ctypes.CDLL(libc).mallopt(M_ARENA_MAX, arenas)
+
+
 def release_memory() -> None:
     """Give the memory of unloaded ONNX sessions back to the system: collect what cycles hold (cheap once the start's
     objects are frozen: `freeze_startup_objects`), then ask glibc to trim its heap (freed arena blocks otherwise stay
