@@ -30,10 +30,10 @@ TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "classifier.json"
 
 
 def freeze_startup_objects() -> None:
-    """Hide what a worker made while starting (its imports, models, the web UI: hundreds of thousands of objects)
-    from the garbage collector for good: a full collection, Python's own under load or `release_memory`'s after a
-    reload, then scans only what came since, instead of holding the GIL (and so the event loop or the batches) for
-    the quarter of a second a full scan takes. Frozen objects are still freed when no reference is left."""
+    """Hide what a worker made while starting (its imports, models, the web UI) from the garbage collector for good:
+    a full collection, Python's own under load or `release_memory`'s after a reload, then scans only what came since,
+    instead of holding the GIL (and so the event loop or the batches) for as long as a full scan takes. Frozen
+    objects are still freed when no reference is left."""
     import gc
 
     gc.collect()
