@@ -19,8 +19,8 @@ export TOKENIZERS_PARALLELISM ?= true
 REGISTER = $(PYTHON) -m training.registry --model-dir $(MODEL_DIR)
 # Work that may run beside a serving service yields the CPU to it: a lower priority (nothing lost on an idle machine)
 # and half the CPUs, rounded up, for PyTorch, MKL and the tokenizers (export.export.yielding does the same)
-HALF_CPUS := $(shell echo $$(( ($$(nproc) + 1) / 2 )))
-YIELDING = nice -n 10 env OMP_NUM_THREADS=$(HALF_CPUS) MKL_NUM_THREADS=$(HALF_CPUS) RAYON_NUM_THREADS=$(HALF_CPUS)
+# work beside a serving service: niced, half the cores, paced while the service is busy (export/yielding.py)
+YIELDING = $(PYTHON) -m export.yielding
 EXPORT = $(YIELDING) $(PYTHON) -m export.export model_uri=$(MODEL_URI) bento_model=$(BENTO_MODEL) report=$(EXPORT_REPORT) \
 	work_dir=$(BUILD_DIR)/onnx
 # the parity report of an export that make runs for you (the committed one in reports/export/ is make export's)
@@ -140,7 +140,7 @@ overload: model  ## 64 closed-loop clients at once: admitted vs shed latency, 50
 reload-drill: model  ## exports swapped in under a mixed load: refusals, slowest answer, memory -> reports/reload/
 	$(PYTHON) -m loadtests.reload $(ARGS)
 
-beside-drill: model  ## a mixed load alone, then beside a niced export, then an un-niced one -> reports/beside/
+beside-drill: model  ## a mixed load alone, then beside a yielding export, then beside one at the same priority -> reports/beside/
 	$(PYTHON) -m loadtests.beside $(ARGS)
 
 first-answer:  ## a fresh clone's `make serve` to its first /predict 200, timed -> reports/first-answer/

@@ -40,8 +40,9 @@ from export.gate import ParityError, choose, evaluate_files, gate_size_note, par
 from export.quantize import DEFAULTS
 from export.served import is_registered, register_served, served_name
 from export.store import import_to_bentoml, in_store, reference_profile
+from export.yielding import yielding
 from serving.core.drift import PROFILE_FILE, save_profile
-from serving.core.runtime import YIELDING_NICENESS, OnnxTextClassifier, cpu_flags
+from serving.core.runtime import OnnxTextClassifier, cpu_flags
 from serving.core.selfcheck import (
     FP32_FILE,
     GOLDEN_FILE,
@@ -51,7 +52,7 @@ from serving.core.selfcheck import (
     save_golden,
     save_int8_files,
 )
-from serving.settings import BENTO_MODEL, available_cpus
+from serving.settings import BENTO_MODEL
 from training.config import command_line
 from training.registry import setup_tracking
 
@@ -155,17 +156,6 @@ def run(export: ExportConfig, int8_pending: str | None = None) -> bentoml.Model:
     return bento_model
 
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")  # PyTorch, MKL, the tokenizers
-
-
-def yielding(command: list[str]) -> list[str]:
-    """`command` as work beside a serving service runs, so that the service comes first: at a lower priority from
-    exec on (imports included), with half the CPUs this may use (rounded up) for PyTorch, MKL and the tokenizers. The
-    Makefile's `YIELDING` is the same for `make export` and `make retrain`."""
-    half = str(max(1, (available_cpus() + 1) // 2))
-    return ["nice", "-n", str(YIELDING_NICENESS), "env", *(f"{name}={half}" for name in THREAD_VARIABLES), *command]
-
-
 @dataclass
 class Beside:
     """The full export `--fp32-first` starts beside the service (`python -m export.beside`), known by its files: the
@@ -186,12 +176,12 @@ class Beside:
         return Path(f"{self.work_dir}-beside.pid")
 
     def start(self, export: ExportConfig) -> None:
-        """`export` in a process of its own, detached (a stopped `make serve` leaves it to finish), niced and with
-        half the cores' threads for PyTorch and the tokenizers: the service comes first. ONNX Runtime's sessions set
-        their own thread counts, so the gate still times each file as the service runs it."""
+        """`export` in a process of its own, detached (a stopped `make serve` leaves it to finish), yielding to the
+        service (`export.yielding`: niced, half the cores' threads for PyTorch and the tokenizers, paced while the
+        service is busy). ONNX Runtime's sessions set their own thread counts, so the gate still times each file as
+        the service runs it."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.config.write_text(yaml.safe_dump(asdict(export), sort_keys=False))
-        # niced by `nice` from exec on (a preexec_fn is unsafe in this process: its threads still run)
         command = yielding([sys.executable, "-m", "export.beside", "--config", str(self.config)])
         with self.log.open("w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
