@@ -140,7 +140,7 @@ overload: model  ## 64 closed-loop clients at once: admitted vs shed latency, 50
 reload-drill: model  ## exports swapped in under a mixed load: refusals, slowest answer, memory -> reports/reload/
 	$(PYTHON) -m loadtests.reload $(ARGS)
 
-beside-drill: model  ## a mixed load alone, then beside a yielding export, then beside one at the same priority -> reports/beside/
+beside-drill: model  ## a mixed load alone, beside a yielding export, a niced-only one, one at the same priority -> reports/beside/
 	$(PYTHON) -m loadtests.beside $(ARGS)
 
 first-answer:  ## a fresh clone's `make serve` to its first /predict 200, timed -> reports/first-answer/

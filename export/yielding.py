@@ -1,14 +1,14 @@
 """Work beside a serving service, run so that it yields to it: `make export`, `make retrain` and the export that
 `make serve` starts beside the service.
 
-    python -m export.yielding <command ...>
+    python -m export.yielding [--unpaced] <command ...>
 
 The command runs at a lower CPU priority, with half the CPUs this may use (rounded up) for PyTorch, MKL and the
 tokenizers, and paced: while the rest of the machine keeps more than `BUSY_CORES` busy (a service answering), it runs
 only `SHARE_WHEN_BUSY` of each `PERIOD_S` and is paused the rest (SIGSTOP / SIGCONT); on an idle machine it runs
-whole. Priority alone does not yield: beside a niced export the service's p95 grew as much as beside an un-niced one
-(`make beside-drill`), because a core the export runs on, even at a low priority, slows the service's work on the
-other (shared caches and memory); pacing takes that time back. The exit status is the command's.
+whole. Priority alone does not yield (`--unpaced`, measured beside the others by `make beside-drill`): a core the
+export runs on, even at a low priority, slows the service's work on the other (shared caches and memory); pacing
+takes that time back. The exit status is the command's.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ BUSY_CORES = 0.25  # the rest of the machine's CPU use (in cores) above which th
 PROC_STAT = Path("/proc/stat")
 
 
-def yielding(command: list[str]) -> list[str]:
-    """`command` as work beside a serving service runs (this module's command line)."""
-    return [sys.executable, "-m", "export.yielding", *command]
+def yielding(command: list[str], paced: bool = True) -> list[str]:
+    """`command` as work beside a serving service runs (this module's command line); `paced=False`: priority and
+    threads only."""
+    return [sys.executable, "-m", "export.yielding", *([] if paced else ["--unpaced"]), *command]
 
 
 def machine_busy_s() -> float:
@@ -73,7 +74,8 @@ def pace(child: subprocess.Popen) -> None:
 
 
 def main() -> int:
-    command = sys.argv[1:]
+    paced = sys.argv[1:2] != ["--unpaced"]
+    command = sys.argv[1 if paced else 2 :]
     if not command:
         sys.exit(__doc__)
     half = str(max(1, (available_cpus() + 1) // 2))
@@ -89,7 +91,7 @@ def main() -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     try:
-        if PROC_STAT.exists():
+        if paced and PROC_STAT.exists():
             pace(child)
         return child.wait()
     except ProcessLookupError:  # ended between a check and a signal

@@ -1,6 +1,6 @@
 """Work beside the service: the same mixed load alone, then beside a full export started as the Makefile starts one
-(`make export`: `export/yielding.py`, niced, half the cores for PyTorch, paced while the service is busy), then beside
-the same export at the service's own priority with every core, for contrast.
+(`make export`: `export/yielding.py`, niced, half the cores for PyTorch, paced while the service is busy), then, for
+contrast, beside the same export niced but not paced, and at the service's own priority with every core.
 
     python -m loadtests.beside [seconds=60]   (make beside-drill)
 
@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from export.yielding import yielding
 from loadtests.common import ROOT, MixedLoad, bentoml_serve, running
@@ -44,12 +45,20 @@ def export_command(work_dir: str) -> list[str]:
     ]  # fmt: skip
 
 
+PHASES = (  # each phase's export command, from the full export's
+    ("alone", None),
+    ("beside, yielding", yielding),
+    ("beside, niced only", partial(yielding, paced=False)),
+    ("beside, same priority", list),
+)
+
+
 def main() -> None:
     config, _ = command_line(BesideConfig, __doc__)
     url = f"http://127.0.0.1:{config.port}"
     phases = {}
     with running(bentoml_serve(config.port), f"{url}/health"), MixedLoad(url, config.clients) as load:
-        for phase, started_as in (("alone", None), ("beside, yielding", yielding), ("beside, same priority", list)):
+        for phase, started_as in PHASES:
             with tempfile.TemporaryDirectory() as work_dir:
                 export = None
                 if started_as is not None:
@@ -85,7 +94,8 @@ def render(report: dict) -> str:
         f"`{report['cpu']}`: {config['clients']} clients of a mixed load (single and batch requests of real reviews, "
         f"10 to 50 ms of thought) for {config['seconds']:g} s alone, then beside the first {config['seconds']:g} s of "
         "a full export started as `make export` starts it (`export/yielding.py`: niced, half the cores for PyTorch, "
-        "paced while the service is busy), then beside the same export at the service's own priority, every core.\n\n"
+        "paced while the service is busy), then beside the same export niced but not paced, then at the service's own "
+        "priority, every core.\n\n"
         "| phase | answers | refused | refusal rate | p95 ms | slowest ms | export ran the whole phase |\n"
         "|---|---|---|---|---|---|---|\n" + rows + "\n"
     )

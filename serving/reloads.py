@@ -4,8 +4,8 @@ two phases, so that every answer comes from one export and says which:
 
 1. Built beside the old one, off the event loop: the API side whole (lexical model, policy, labels, registry version,
    and for the champion its drift profile) on a thread of lower CPU priority, then the classifier's files, loaded and
-   self-checked beside its batches, not in their way (a verdict already reached on this CPU is kept, not
-   measured again), then for the champion its explainer (lower priority too: `explain.Explanations`).
+   self-checked beside its batches, not in their way (a verdict already reached on this CPU is kept, not measured
+   again), then for the champion its explainer (lower priority too: `explain.Explanations`).
 2. Switched in one step: the classifier's arm, then the inference core's export (`Inference.use`).
 
 Any failure before the switch leaves the old export serving whole; `/health` names the export that failed and why,
