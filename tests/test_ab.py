@@ -264,3 +264,40 @@ def test_a_broken_export_leaves_the_served_one_whole(split_server, store):
     time.sleep(3)
     health = requests.get(f"{url}/health").json()
     assert health["model"] == served["model"] and health["reload"] == {} and broken not in (health["warning"] or "")
+
+
+def test_shadow_copies_reach_the_challenger_unseen_and_are_dropped_first_while_texts_queue(store, reviews, tmp_path):
+    """Shadow rollout with the queue's target at 0 ms (every text that waited at all is over it) and an interval no
+    test reaches (no user is ever refused for it): a copy sent while no user's texts are in flight is answered by the
+    challenger and logged, never returned; copies sent while users' texts are in flight are dropped and counted."""
+    texts, _ = reviews
+    log = tmp_path / "predictions.jsonl"
+    settings = {"AB_ROLLOUT": "shadow", "QUEUE_TARGET_MS": "0", "QUEUE_INTERVAL_MS": "600000", "MAX_CONCURRENCY": "64"}
+    url, server = serve(store, log, **settings)
+    with server:
+        for n, text in enumerate(texts[:5], start=1):  # one at a time, each copy answered before the next request
+            answer = requests.post(f"{url}/predict", json={"text": text, "mode": "transformer"}, timeout=30)
+            assert answer.status_code == 200 and answer.json()["variant"] == "champion"
+            deadline = time.time() + 30
+            while len(copies := [line for line in log_lines(log) if line["shadow"]]) < n and time.time() < deadline:
+                time.sleep(0.1)
+            assert len(copies) == n and {line["variant"] for line in copies} == {"challenger"}
+
+        statuses: list[int] = []
+
+        def user(n: int) -> None:
+            with requests.Session() as session:
+                for text in texts[n::8]:
+                    body = {"text": text, "mode": "transformer"}
+                    statuses.append(session.post(f"{url}/predict", json=body, timeout=30).status_code)
+
+        users = [threading.Thread(target=user, args=(n,)) for n in range(8)]
+        for thread in users:
+            thread.start()
+        for thread in users:
+            thread.join()
+        assert statuses == [200] * len(texts)  # no user refused
+        skipped = re.search(
+            r"^sentiment_ab_shadow_skipped_total(?:\{[^}]*\})? (\S+)", requests.get(f"{url}/metrics").text, re.M
+        )
+        assert skipped and float(skipped.group(1)) > 0
