@@ -135,11 +135,11 @@ class OnnxTextClassifier:
         self.tokenizer = tokenizer_from_file(model_dir / TOKENIZER_FILE)
         self.model_file = model_file
         self.path = path = str(model_dir / model_file)
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx")
-        # a lone text: all cores; many texts: one core each. Built side by side (ORT releases the GIL): ready sooner
-        single = self.pool.submit(self._session, path, self.workers, spin)
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx")  # its threads start with the first run
+        # a lone text: all cores; many texts: one core each. Built one after the other, on the caller's thread only: a
+        # version loaded while another serves leaves the other cores to it
+        self.single = self._session(path, self.workers, spin)
         self.parallel = self._session(path, threads=1)
-        self.single = single.result()
         self.input_names = {i.name for i in self.single.get_inputs()}
 
     @staticmethod
