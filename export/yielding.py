@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import psutil
@@ -30,6 +31,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")  
 PERIOD_S = 0.1
 SHARE_WHEN_BUSY = 0.25  # of each period, while the rest of the machine is busy: the export still ends under load
 BUSY_CORES = 0.25  # the rest of the machine's CPU use (in cores) above which the command is paced
+WINDOW_S = 0.5  # over which that use is measured
 PROC_STAT = Path("/proc/stat")
 
 
@@ -59,15 +61,24 @@ def cpu_s(process: psutil.Process) -> float:
 
 
 def pace(child: subprocess.Popen) -> None:
-    """Until `child` ends: paused for most of each period while the rest of the machine is busy."""
+    """Until `child` ends: paused for most of each period while the rest of the machine (not the child, not this
+    process) was busy over the last `WINDOW_S` (CPU times count in clock ticks: a shorter window would mostly see
+    their rounding)."""
     process = psutil.Process(child.pid)
-    busy, own, at = machine_busy_s(), cpu_s(process), time.monotonic()
+    samples: deque[tuple[float, float]] = deque()  # (when, CPU seconds of everything else), over the window
+
+    def others_s() -> float:
+        return machine_busy_s() - cpu_s(process) - time.process_time()
+
+    samples.append((time.monotonic(), others_s()))
     while child.poll() is None:
         time.sleep(PERIOD_S * SHARE_WHEN_BUSY)
-        now_busy, now_own, now = machine_busy_s(), cpu_s(process), time.monotonic()
-        others_cores = max(now_busy - busy - (now_own - own), 0.0) / max(now - at, 1e-3)
-        busy, own, at = now_busy, now_own, now
-        if others_cores > BUSY_CORES:
+        now, others = time.monotonic(), others_s()
+        while len(samples) > 1 and now - samples[1][0] >= WINDOW_S:
+            samples.popleft()
+        then, earlier = samples[0]
+        samples.append((now, others))
+        if now - then >= WINDOW_S and (others - earlier) / (now - then) > BUSY_CORES:
             os.killpg(child.pid, signal.SIGSTOP)
             time.sleep(PERIOD_S * (1 - SHARE_WHEN_BUSY))
             os.killpg(child.pid, signal.SIGCONT)
