@@ -43,32 +43,32 @@ def freeze_startup_objects() -> None:
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
+def glibc(function: str):
+    """glibc's `function` (a ctypes function), or None when the C library is not glibc or cannot be found."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), function, None) if libc else None
+
+
 def cap_malloc_arenas(arenas: int = 2) -> None:
     """At most `arenas` glibc heaps in this process (as MALLOC_ARENA_MAX does). glibc's default, up to eight per
     core, lets each reload's new sessions and threads spread over more heaps, where memory freed by another thread
     stays: a worker's memory then climbs swap after swap (`make reload-drill` measures it)."""
-    import contextlib
-    import ctypes
-    import ctypes.util
-
-    if libc := ctypes.util.find_library("c"):
-        with contextlib.suppress(AttributeError):  # not glibc
-            ctypes.CDLL(libc).mallopt(M_ARENA_MAX, arenas)
+    if mallopt := glibc("mallopt"):
+        mallopt(M_ARENA_MAX, arenas)
 
 
 def release_memory() -> None:
     """Give the memory of unloaded ONNX sessions back to the system: collect what cycles hold (cheap once the start's
     objects are frozen: `freeze_startup_objects`), then ask glibc to trim its heap (freed arena blocks otherwise stay
     with the process, and each swapped-in export would add its own)."""
-    import contextlib
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    if libc := ctypes.util.find_library("c"):
-        with contextlib.suppress(AttributeError):  # not glibc: nothing to trim
-            ctypes.CDLL(libc).malloc_trim(0)
+    if malloc_trim := glibc("malloc_trim"):
+        malloc_trim(0)
 
 
 YIELDING_NICENESS = 10  # the CPU priority of work beside the answers: in a worker, and an export beside it
