@@ -6,9 +6,12 @@ Two questions, asked in two places:
   loop ran a timer more than `max_loop_lag_ms` late (`telemetry.watch_loop` measures it), or `max_concurrency`
   requests are already inside. Such a refusal does no work, so it stays fast however long the queue.
 - Before the transformer (`classifier_client.py`): does the classifier have a standing queue? CoDel's rule (Nichols
-  and Jacobson, 2012): the classifier reports how long each text waited before its batch started; a queue stands when
-  every text answered for a whole `interval_ms` waited more than `target_ms`. A burst (one batch of many texts, several
-  clients at once) drains within the interval and is never refused; a request's own texts never count against it.
+  and Jacobson, 2012): the classifier reports, per call, how long other requests' texts held it up (its wait before
+  its batch started, and the batch's time on texts not its own: a batch takes every text queued, so the wait alone
+  misses the queue); a queue stands when every call answered for a whole `interval_ms` was held up more than
+  `target_ms`. A burst (one batch of many texts, several clients at once) drains within the interval and is never
+  refused; a request's own texts never count against it. While a queue stands, a call is refused only when the texts
+  ahead of it would keep it past the target, so the queue is held short rather than emptied and refilled.
 
 Below saturation nothing is refused: the queue drains between bursts, and the door's signals stay low.
 """
@@ -44,48 +47,70 @@ class Sustained:
 
 
 class StandingQueue:
-    """CoDel's test on the waits the classifier reports, with the calls in flight counted."""
+    """CoDel's test on how long the classifier held each call up, and what it then admits.
+
+    A queue stands once every call answered for a whole interval was held up over the target by other requests'
+    texts (`observe`); it keeps standing until a whole interval passes in which nothing was refused. While it stands,
+    a call is admitted only if the texts already in flight would keep it waiting no longer than the target (at the
+    classifier's recent time per text): the queue is held near the target instead of emptied and refilled. A call
+    is never weighed by its own texts."""
 
     def __init__(self, target_ms: float, interval_ms: float):
         self.target_ms, self.interval_s = target_ms, interval_ms / 1000
         self.above = Sustained(target_ms, self.interval_s)
-        self.in_flight = 0
-        self.last_wait_ms = 0.0
+        self.in_flight = self.texts_in_flight = 0
+        self.last_delay_ms = self.ms_per_text = 0.0
+        self.stood_since: float | None = None  # when the queue came to stand
+        self.last_refusal = 0.0
 
-    def observe(self, waited_ms: float) -> None:
-        """One text's wait before its batch started."""
-        self.last_wait_ms = waited_ms
-        self.above.measured(waited_ms)
+    def observe(self, delay_ms: float, ms_per_text: float) -> None:
+        """One call: how long other requests' texts held it up, and its batch's time per text."""
+        self.last_delay_ms, self.ms_per_text = delay_ms, ms_per_text
+        self.above.measured(delay_ms)
 
     def standing(self) -> bool:
-        """Whether the waits have stayed above the target for a whole interval (never with nothing in flight: then
-        the queue is empty)."""
-        return self.in_flight > 0 and self.above.held()
+        """Whether a queue stands: the delays have stayed above the target for a whole interval (never with nothing
+        in flight: then the queue is empty), and since then an interval has not passed without a refusal."""
+        now = time.monotonic()
+        if self.in_flight > 0 and self.above.held():
+            self.stood_since = self.stood_since or now
+        elif self.stood_since is not None and now - max(self.stood_since, self.last_refusal) >= self.interval_s:
+            self.stood_since = None
+        return self.stood_since is not None
 
     def building(self) -> bool:
-        """Whether texts in flight are waiting over the target now (a queue that may come to stand): the moment to
+        """Whether texts in flight are held up over the target now (a queue that may come to stand): the moment to
         drop work no user waits for, such as shadow copies, before any user is refused."""
         return self.in_flight > 0 and self.above.since is not None
 
+    def ahead_ms(self) -> float:
+        """How long the texts in flight would keep a new call waiting, at the recent time per text."""
+        return self.texts_in_flight * self.ms_per_text
+
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold a call in flight for the block, or refuse it with a 503 + Retry-After while a queue stands."""
-        if self.standing():
+    def admit(self, texts: int) -> Iterator[None]:
+        """Hold a call of `texts` in flight for the block, or refuse it with a 503 + Retry-After while a queue stands
+        and the texts ahead of it would keep it waiting past the target."""
+        if self.standing() and self.ahead_ms() > self.target_ms:
+            self.last_refusal = time.monotonic()
             raise errors.ApiError(
                 503,
-                f"the transformer's queue has held every text over {self.target_ms:.0f} ms for "
-                f"{1000 * self.interval_s:.0f} ms; retry shortly",
+                f"the transformer's queue has held calls over {self.target_ms:.0f} ms for "
+                f"{1000 * self.interval_s:.0f} ms, and the texts ahead would wait {self.ahead_ms():.0f} ms; "
+                "retry shortly",
             )
-        self.in_flight += 1
+        self.in_flight, self.texts_in_flight = self.in_flight + 1, self.texts_in_flight + texts
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self.in_flight, self.texts_in_flight = self.in_flight - 1, self.texts_in_flight - texts
 
     def describe(self) -> dict:
         return {
             "in_flight": self.in_flight,
-            "last_wait_ms": round(self.last_wait_ms, 1),
+            "texts_in_flight": self.texts_in_flight,
+            "last_delay_ms": round(self.last_delay_ms, 1),
+            "ms_per_text": round(self.ms_per_text, 1),
             "standing": self.standing(),
             "target_ms": self.target_ms,
             "interval_ms": 1000 * self.interval_s,

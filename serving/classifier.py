@@ -44,10 +44,13 @@ class Ask(BaseModel):
 
 
 class Answer(BaseModel):
-    """One text's class probabilities, and how long it waited before its batch started (the queue it met)."""
+    """One text's class probabilities, how long it waited before its batch started, and its batch: how long it ran and
+    how many texts it held (the queue it met: the wait, and the batch's time on other requests' texts)."""
 
     probabilities: list[float]
     waited_ms: float
+    batch_ms: float
+    batch_texts: int
 
 
 def checked_model(tag: str) -> CheckedModel:
@@ -139,8 +142,14 @@ class OnnxClassifier:
             answered = self.version(tag).runtime.predict_proba([asks[i].text for i in positions])
             for i, row in zip(positions, answered.tolist(), strict=True):
                 probabilities[i] = row
+        ran_ms = 1000 * (time.time() - started)
         return [
-            Answer(probabilities=row, waited_ms=max(1000 * (started - ask.sent), 0.0))
+            Answer(
+                probabilities=row,
+                waited_ms=max(1000 * (started - ask.sent), 0.0),
+                batch_ms=ran_ms,
+                batch_texts=len(asks),
+            )
             for row, ask in zip(probabilities, asks, strict=True)
         ]
 

@@ -42,10 +42,10 @@ class ClassifierClient:
                     pass
             return await self.client.classify(asks)
 
-        with self.queue.admit():
+        with self.queue.admit(len(texts)):
             answers = await asyncio.wait_for(classify(), self.deadline_s)
-        for answer in answers:  # classifier.Answer, as BentoML's client reads them
-            self.queue.observe(answer.waited_ms)
+        batch = answers[0]  # classifier.Answer, as BentoML's client reads them: a call's texts run in one batch
+        self.queue.observe(delay_from_others(answers, len(texts)), batch.batch_ms / batch.batch_texts)
         return [answer.probabilities for answer in answers]
 
     async def status(self) -> dict:
@@ -63,3 +63,12 @@ class ClassifierClient:
     async def retire(self, tag: str) -> None:
         """Version `tag` unloaded: no request names it any more."""
         await self.client.retire(tag=tag)
+
+
+def delay_from_others(answers: list[Any], own_texts: int) -> float:
+    """How long a call's texts were held up by other requests' (ms): the wait before their batch started, plus the
+    batch's time on texts that were not theirs. A batch takes every text queued, so under a standing queue the wait
+    of the last text in can be near zero while the batch ahead of its answer is long; a request's own texts never
+    count (a batch of 64 reviews alone waits on nothing)."""
+    batch = answers[0]
+    return max(a.waited_ms for a in answers) + batch.batch_ms * (1 - own_texts / batch.batch_texts)

@@ -8,14 +8,19 @@
 - **A killed worker is respawned within `worker_check_s`.** BentoML's circus arbiter notices a dead worker only on
   its periodic check, hard-coded (`create_standalone_arbiter`) to far longer than a user waits. The arbiter process
   imports the service before it builds the arbiter, so the change is in place for the arbiter about to be made.
+- **The service's own middleware is outermost.** BentoML stacks its request metrics, tracing span, access log and
+  timeout outside the middleware a service adds, so a request the front door refuses (a 503 under overload, a 404)
+  paid for all of them first, and an overload's refusals took the worker's time from the requests it admits. The
+  front door counts what it answers itself (`sentiment_door_answers_total`); BentoML's request metrics and access log
+  see only the requests it lets in.
 - **Request metrics are labelled by route, not by raw path.** BentoML's request metrics take the request's path as
   their `endpoint` label, so every distinct path a scanner tries adds series to `/metrics` and to the worker's memory,
   without bound. Here a path outside the service's routes is labelled `unknown` (and the front door answers 404).
 
 `apply` makes the changes and then checks them: it builds a dispatcher and an arbiter as BentoML does, and reads that
-the metrics middleware still takes its label from the path it is given.
-If a BentoML upgrade renamed or reworked what they touch, the service refuses to start and says which one and why,
-instead of serving without them. Neither is visible to clients.
+BentoML's app still stacks the service's middleware in the list reordered here and that the metrics middleware still
+takes its label from the path it is given. If a BentoML upgrade renamed or reworked what they touch, the service
+refuses to start and says which one and why, instead of serving without them. None changes what a client is answered.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ def apply(worker_check_s: float, route_of: Callable[[str], str]) -> None:
         _dispatch_when_free()
         _check_workers_every(worker_check_s)
         _metrics_by_route(route_of)
-        problems = [p for p in (_dispatch_problem(), _worker_check_problem(worker_check_s), _metrics_problem()) if p]
-    except (ImportError, AttributeError, TypeError) as error:  # an internal renamed or its signature changed
+        _own_middleware_outermost()
+        checks = (_dispatch_problem(), _worker_check_problem(worker_check_s), _metrics_problem(), _stack_problem())
+        problems = [problem for problem in checks if problem]
+    except (ImportError, AttributeError, TypeError, OSError) as error:  # an internal renamed, reworked or unreadable
         problems = [f"{type(error).__name__}: {error}"]
     if problems:
         raise IncompatibleBentoML(
@@ -97,6 +104,31 @@ def _worker_check_problem(seconds: float) -> str | None:
     arbiter = circus.create_standalone_arbiter([])
     if arbiter.check_delay != seconds:
         return f"its arbiter checks its workers every {arbiter.check_delay} s, not {seconds} s"
+    return None
+
+
+def _own_middleware_outermost() -> None:
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    stacked = getattr(ServiceAppFactory.middlewares.fget, "bentoml_property", ServiceAppFactory.middlewares)
+
+    def middlewares(self: ServiceAppFactory) -> list:
+        stack = stacked.fget(self)
+        own = {cls for cls, _ in self.service.middlewares}
+        return [m for m in stack if m.cls in own] + [m for m in stack if m.cls not in own]
+
+    middlewares.bentoml_property = stacked  # type: ignore[attr-defined]  # once, however often applied
+    ServiceAppFactory.middlewares = property(middlewares)  # type: ignore[method-assign,assignment]
+
+
+def _stack_problem() -> str | None:
+    """None if BentoML still builds its middleware list in the property `middlewares`, with the service's own in it
+    (what `_own_middleware_outermost` reorders)."""
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    stacked = getattr(ServiceAppFactory.middlewares.fget, "bentoml_property", None)
+    if not isinstance(stacked, property) or "self.service.middlewares" not in inspect.getsource(stacked.fget):
+        return "its app no longer stacks the service's middleware in ServiceAppFactory.middlewares"
     return None
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import bentoml
 from pydantic import ValidationError
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.access import ApiKeys
@@ -68,6 +69,11 @@ class Intake:
         self.metrics_need_key = metrics_need_key and keys.enabled
         self.guarded = [route for route in self.inputs if keys.enabled and route not in OPEN_ROUTES]
         self.openapi: dict | None = None
+        self.answers = bentoml.metrics.Counter(
+            name="sentiment_door_answers",
+            documentation="Answers the front door gave itself (refusals, 404s, the OpenAPI document), by route",
+            labelnames=["route", "status"],
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,20 +81,20 @@ class Intake:
         send = with_request_id(send, request_id(scope))
         path, method = scope["path"], scope["method"]
         if path == "/docs.json" and method == "GET":
-            return await JSONResponse(self.documented())(scope, receive, send)
+            return await self.answer(JSONResponse(self.documented()), scope, receive, send)
         route = route_of(self.routes, path)
         if route == UI_PREFIX:
             return await self.stream(scope, receive, send)
         if route == UNKNOWN:
-            return await error_response(404, f"no route {path[:100]!r}: see /docs.json")(scope, receive, send)
+            refused = error_response(404, f"no route {path[:100]!r}: see /docs.json")
+            return await self.answer(refused, scope, receive, send)
         if (
             route == "/metrics"
             and self.metrics_need_key
             and not self.keys.admits(Headers(scope=scope).get("authorization"))
         ):
-            return await error_response(401, "/metrics wants an API key: Authorization: Bearer <key>")(
-                scope, receive, send
-            )
+            refused = error_response(401, "/metrics wants an API key: Authorization: Bearer <key>")
+            return await self.answer(refused, scope, receive, send)
         if path not in self.inputs:
             return await self.app(scope, receive, send)  # probes, metrics, the OpenAPI pages: BentoML's own
         if method == "GET" and path == READ_BY_GET:
@@ -96,9 +102,8 @@ class Intake:
             return await self.app(scope, replay([{"type": "http.request", "body": b"{}"}], receive), send)
         if method != "POST":
             allowed = "GET, POST" if path == READ_BY_GET else "POST"
-            return await error_response(405, f"{path} takes {allowed}", headers={"Allow": allowed})(
-                scope, receive, send
-            )
+            refused = error_response(405, f"{path} takes {allowed}", headers={"Allow": allowed})
+            return await self.answer(refused, scope, receive, send)
         await self.admit(scope, receive, send)
 
     async def admit(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,17 +123,16 @@ class Intake:
             scope, body = as_json(scope), [{"type": "http.request", "body": b"{}"}]
             headers = Headers(scope=scope)
         if refusal := self._refusal(headers, path):
-            return await error_response(*refusal)(scope, receive, send)
+            return await self.answer(error_response(*refusal), scope, receive, send)
         counted = path not in OPEN_ROUTES
         if counted and (behind := self.door.refusal()):
-            return await error_response(503, f"{behind}; retry shortly")(scope, receive, send)
+            return await self.answer(error_response(503, f"{behind}; retry shortly"), scope, receive, send)
         if scope.get("query_string"):  # nothing is read from it: a client's `?mode=` would be silently ignored
             detail = [{"loc": ["query"], "msg": "the APIs take no query parameters", "type": "extra_forbidden"}]
-            return await error_response(422, "send `mode` and every other field in the JSON body", detail)(
-                scope, receive, send
-            )
+            refused = error_response(422, "send `mode` and every other field in the JSON body", detail)
+            return await self.answer(refused, scope, receive, send)
         if invalid := self._invalid(path, b"".join(m.get("body", b"") for m in body)):
-            return await invalid(scope, receive, send)
+            return await self.answer(invalid, scope, receive, send)
         self.door.inside += counted
         try:
             await self.app(scope, replay(body, receive), send)
@@ -139,7 +143,7 @@ class Intake:
         """A web UI connection, held against the UI's budget and its client's share for as long as it lasts."""
         client = self.client_address(scope)
         if refusal := self.streams.refusal(client):
-            return await error_response(*refusal)(scope, receive, send)
+            return await self.answer(error_response(*refusal), scope, receive, send)
         with self.streams.held(client):
             await self.app(scope, receive, send)
 
@@ -191,10 +195,15 @@ class Intake:
             if message["type"] != "http.request" or not message.get("more_body"):
                 return messages
 
-    @staticmethod
-    async def _refuse(status: int, error: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, status: int, error: str, scope: Scope, receive: Receive, send: Send) -> None:
         """Answered before the body was read: the connection is closed after it (the rest may still be coming)."""
-        await error_response(status, error, headers={"Connection": "close"})(scope, receive, send)
+        await self.answer(error_response(status, error, headers={"Connection": "close"}), scope, receive, send)
+
+    async def answer(self, response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+        """One of the door's own answers, counted by route and status: BentoML's request metrics, inside the door
+        (`serving/compat.py`), never see it."""
+        self.answers.labels(route=route_of(self.routes, scope["path"]), status=str(response.status_code)).inc()
+        await response(scope, receive, send)
 
 
 def as_json(scope: Scope) -> Scope:

@@ -68,8 +68,9 @@ class ServiceSettings:
     # whether the threads of a review that reaches the classifier alone wait spinning for the next run: slightly faster
     # alone, but they keep every core busy after each run, against the API process and the other reviews
     lone_text_spinning: bool = False
-    # The transformer has a standing queue (fast 503 + Retry-After for texts sent onward) when every text it answered
-    # for queue_interval_ms waited over queue_target_ms before its batch started (CoDel: serving/admission.py).
+    # The transformer has a standing queue when every call it answered for queue_interval_ms was held up over
+    # queue_target_ms by other requests' texts; then a call the texts ahead would hold past the target gets a fast 503
+    # + Retry-After (CoDel: serving/admission.py).
     queue_target_ms: float = 60.0
     queue_interval_ms: float = 300.0
     log_text: bool = False  # raw review text in the request log

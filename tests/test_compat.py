@@ -1,5 +1,5 @@
 """The BentoML behaviours the service changes (`serving/compat.py`): in effect once applied, and a start that stops,
-saying why, when a BentoML upgrade voids either."""
+saying why, when a BentoML upgrade voids one."""
 
 import subprocess
 import sys
@@ -26,6 +26,10 @@ VOIDED = {
     "a change that no longer takes": (
         "import types; from bentoml._internal.utils import circus; "
         "circus.create_standalone_arbiter = lambda *a, **k: types.SimpleNamespace(check_delay=10)"
+    ),
+    "middleware stacked elsewhere": (
+        "from _bentoml_impl.server.app import ServiceAppFactory; "
+        "ServiceAppFactory.middlewares = property(lambda self: [])"
     ),
 }
 
