@@ -127,7 +127,8 @@ def lexical_path(texts: list[str]) -> tuple[list[str], float]:
     """The reviews the served cascade answers without the transformer, and the lexical model's in-process p50 (ms)
     on one of them at a time."""
     router = HybridRouter(served_model().path)
-    onward = set(router.route(texts, router.policy_for("cascade"))[1].tolist())
+    step = router.cascade(texts, router.policy_for("cascade")).next_tier()
+    onward = set(step[1].tolist()) if step else set()
     alone = [text for i, text in enumerate(texts) if i not in onward]
     timings = []
     for text in alone[:200]:

@@ -70,8 +70,9 @@ class ServiceSettings:
     lone_text_spinning: bool = False
     # The transformer has a standing queue when every call it answered for queue_interval_ms was held up over
     # queue_target_ms by other requests' texts; then a call the texts ahead would hold past the target gets a fast 503
-    # + Retry-After (CoDel: serving/admission.py).
-    queue_target_ms: float = 60.0
+    # + Retry-After (CoDel: serving/admission.py). 100 ms is about three reviews ahead at the transformer's time per
+    # review under load: four closed-loop clients in transformer mode queue that much without a standing queue.
+    queue_target_ms: float = 100.0
     queue_interval_ms: float = 300.0
     log_text: bool = False  # raw review text in the request log
     explain_max_evals: int = 64  # SHAP's budget per /explain (each response reports its elapsed_ms)
