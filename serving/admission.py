@@ -69,8 +69,8 @@ class StandingQueue:
         self.above.measured(delay_ms)
 
     def standing(self) -> bool:
-        """Whether a queue stands: the delays have stayed above the target for a whole interval (never with nothing
-        in flight: then the queue is empty), and since then an interval has not passed without a refusal."""
+        """Whether a queue stands: with calls in flight, the delays stayed above the target for a whole interval, and
+        since then an interval has not passed without a refusal (nothing in flight is then nothing ahead: admitted)."""
         now = time.monotonic()
         if self.in_flight > 0 and self.above.held():
             self.stood_since = self.stood_since or now
