@@ -74,6 +74,8 @@ class Intake:
             documentation="Answers the front door gave itself (refusals, 404s, the OpenAPI document), by route",
             labelnames=["route", "status"],
         )
+        for route in self.routes:  # the refusals' series exist from the start, at zero: a rate over them is defined
+            self.answers.labels(route=route, status="503")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
