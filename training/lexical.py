@@ -74,8 +74,8 @@ def export_lexical(pipeline: Pipeline, path: Path, texts: list[str]) -> float:
     `LEXICAL_MAX_ABS_DIFF`.
 
     The TF-IDF rows are scaled to unit length by plain operators (skl2onnx's own alternative) instead of ONNX's
-    `Normalizer`, whose ONNX Runtime kernel took more than half of the lexical model's time per review: the API
-    worker runs this model on every request, on its event loop (`make profile`)."""
+    `Normalizer`, whose ONNX Runtime kernel is slow on rows as wide as the vocabulary: the API worker runs this model
+    on every request, on its event loop (`make profile` shows its share; `make benchmark` its in-process p50)."""
     union, classifier = pipeline.steps[0][1], pipeline.steps[-1][1]
     options: dict[int, dict] = {id(classifier): {"zipmap": False}}
     for _, vectorizer in union.transformer_list:
